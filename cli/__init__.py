@@ -1,0 +1,1 @@
+"""The ``attn`` command line: ``train``, ``sweep``, ``report``."""

@@ -1,0 +1,111 @@
+"""Compose the run configuration from the packaged ``conf/`` with Hydra's compose API.
+
+Composition errors become one-line :class:`ConfigError` messages that name the bad value and the
+valid choices; :func:`load` also runs the typed checks of :mod:`attn.cli.schema`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .schema import ConfigError, validate
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("task", "model", "attention", "softmax", "optim", "trainer", "logger", "experiment", "debug")
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (the YAML files in ``conf/<group>/``)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _compose_raw(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="attn"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _key_of(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _explain_key(bad: str, overrides: list[str]) -> str:
+    """A message for an override whose key does not exist: the valid keys at that level."""
+    parent, _, leaf = bad.rpartition(".")
+    groups = [o for o in overrides if _key_of(o) in GROUPS and "." not in _key_of(o)]
+    try:
+        base = _compose_raw(groups)
+    except Exception:
+        base = _compose_raw([])
+    node = OmegaConf.select(base, parent) if parent else base
+    if isinstance(node, DictConfig):
+        valid = sorted(str(k) for k in node.keys())
+        if not parent:
+            valid = sorted(set(valid) | set(GROUPS))
+        where = f"under {parent!r}" if parent else "at the top level"
+        return f"unknown config key {bad!r}{_suggest(leaf, valid)}; valid keys {where}: {', '.join(valid)}"
+    return f"unknown config key {bad!r}"
+
+
+def explain(exc: Exception, overrides: list[str]) -> str:
+    """Turn a Hydra/OmegaConf composition error into one line naming the value and the choices."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(exc, OverrideParseException):
+        first = str(exc).strip().splitlines()[0]
+        bad = next((o for o in overrides if o in str(exc)), None) or " ".join(overrides)
+        return f"cannot parse override {bad!r}: {first}"
+    if isinstance(exc, MissingConfigException):
+        missing = (exc.missing_cfg_file or "").strip("/")
+        group, _, option = missing.rpartition("/")
+        if group in GROUPS:
+            choices = group_options(group)
+            return (
+                f"unknown {group} {option!r}{_suggest(option, choices)}; valid choices: {', '.join(choices)}"
+            )
+        return str(exc).strip().splitlines()[0]
+    if isinstance(exc, ConfigCompositionException):
+        text = str(exc)
+        for o in overrides:
+            key = _key_of(o)
+            if f"An item is already at '{key}'" in text:
+                return f"config key {key!r} already exists; set it without the leading '+': {o.lstrip('+')}"
+            if f"Could not override '{key}'" in text:
+                return _explain_key(key, overrides)
+        cause = exc.__cause__
+        if cause is not None:
+            return str(cause).strip().splitlines()[0]
+        return text.strip().splitlines()[0]
+    return str(exc).strip().splitlines()[0]
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The composed (not yet validated) config for ``overrides``; ``ConfigError`` on bad input."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _compose_raw(list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(explain(e, list(overrides))) from e
+
+
+def load(overrides: list[str]) -> DictConfig:
+    """Compose, resolve and validate the config for ``overrides``."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = compose(overrides)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve the config: {str(e).splitlines()[0]}") from e
+    return validate(cfg)

@@ -1,0 +1,109 @@
+"""The ``attn`` command: ``train``, ``sweep``, ``report``.
+
+Only Typer is imported here; Hydra, torch, Lightning and W&B load inside the commands, so
+``attn --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Experiment runner for attention mechanisms and the softmax.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+OVERRIDES_HELP = (
+    "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=3 seed=7. "
+    "Groups: task, model, attention, softmax, optim, trainer, logger, experiment, debug."
+)
+
+
+class CfgPart(str, Enum):
+    job = "job"
+
+
+def _debug_enabled(debug: bool) -> bool:
+    return debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None, debug: bool = False) -> None:
+    if exc is not None and _debug_enabled(debug):
+        traceback.print_exception(exc)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _print_summary(record: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"attn train: {record['status']}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(record["metrics"].items()):
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console(stderr=False)
+    console.print(table)
+    console.print(f"run dir: {record['run_dir']}  ({record['duration_s']:.1f} s)")
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def train(
+    overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
+    cfg: Annotated[
+        CfgPart | None, typer.Option("--cfg", help="Print the composed config and exit.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+) -> None:
+    """Train and test one configuration; writes a run directory with results.json."""
+    from omegaconf import OmegaConf
+
+    from .config import load
+    from .schema import ConfigError
+
+    try:
+        conf = load(list(overrides or []))
+    except ConfigError as e:
+        _fail(str(e), 2, e, debug)
+    if cfg is not None:
+        typer.echo(OmegaConf.to_yaml(conf), nl=False)
+        return
+    from .train import run
+
+    record, exc = run(conf)
+    if record["status"] == "completed":
+        _print_summary(record)
+        return
+    typer.echo(f"run dir: {record['run_dir']}", err=True)
+    if record["status"] == "interrupted":
+        _fail("run interrupted", 130)
+    _fail(record["error"], 1, exc, debug)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def sweep(overrides: Annotated[list[str] | None, typer.Argument(show_default=False)] = None) -> None:
+    """Run a grid of trainings (not yet implemented)."""
+    _fail("attn sweep is not implemented yet; run `attn train` per configuration", 1)
+
+
+@app.command()
+def report(path: Annotated[str | None, typer.Argument(show_default=False)] = None) -> None:
+    """Summarise runs and sweeps (not yet implemented)."""
+    _fail("attn report is not implemented yet; read <run dir>/results.json", 1)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m attn.cli.main`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

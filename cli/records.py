@@ -1,0 +1,114 @@
+"""Run directories and run records (``results.json``), written atomically.
+
+``results.json`` keys are a stable contract read by ``attn report`` and by users' scripts::
+
+    status, run_dir, config, metrics, best_checkpoint, started, finished, duration_s, error
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+RUN_DIR_ENV = "ATTN_RUN_DIR"
+STATUSES = ("completed", "failed", "interrupted")
+RECORD_KEYS = (
+    "status", "run_dir", "config", "metrics", "best_checkpoint", "started", "finished", "duration_s",
+    "error",
+)  # fmt: skip
+
+
+def short_name(name: str) -> str:
+    """``name`` made safe for a directory: letters, digits, ``.``, ``_`` and ``-``, at most 60 chars."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "run"
+
+
+def resolve_run_dir(runs_root: str, name: str) -> Path:
+    """The run directory: ``$ATTN_RUN_DIR`` if set, else ``<runs_root>/<timestamp>-<name>``.
+
+    The chosen path is exported as ``ATTN_RUN_DIR``, so processes started later by this run (DDP
+    ranks) resolve the same directory.
+    """
+    env = os.environ.get(RUN_DIR_ENV)
+    if env:
+        path = Path(env)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(runs_root) / f"{stamp}-{short_name(name)}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(runs_root) / f"{stamp}-{short_name(name)}-{n}"
+    path = path.resolve()
+    os.environ[RUN_DIR_ENV] = str(path)
+    return path
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 with time zone."""
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunRecord:
+    """Accumulates one run's record and writes it as ``<run_dir>/results.json``."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.data: dict[str, Any] = {
+            "status": "failed",
+            "run_dir": str(run_dir),
+            "config": config,
+            "metrics": {},
+            "best_checkpoint": None,
+            "started": now_iso(),
+            "finished": None,
+            "duration_s": None,
+            "error": None,
+        }
+        self._t0 = time.perf_counter()
+
+    def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
+        """Set the final status, times and error line, write ``results.json``, return the record."""
+        assert status in STATUSES, status
+        self.data.update(
+            status=status,
+            error=error,
+            finished=now_iso(),
+            duration_s=round(time.perf_counter() - self._t0, 3),
+        )
+        write_json_atomic(self.run_dir / "results.json", self.data)
+        return self.data
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """Read a ``results.json``; ``ValueError`` naming the path if it is corrupt or incomplete."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable run record ({e})") from None
+    missing = [k for k in RECORD_KEYS if k not in data] if isinstance(data, dict) else list(RECORD_KEYS)
+    if missing:
+        raise ValueError(f"{path}: run record lacks {', '.join(missing)}")
+    return data

@@ -1,0 +1,231 @@
+"""Typed schemas of the config groups and the checks that run right after composition.
+
+Each group is merged onto its dataclass, so a wrong type (``trainer.max_epochs=abc``) fails with
+the key and the value; range and combination checks follow. ``_target_`` nodes are checked
+against the annotations of the class they build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration the run cannot use; the message is one line for the user."""
+
+
+@dataclass
+class ModelSchema:
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # noqa: UP045 (OmegaConf needs Optional)
+    mlp_ratio: int = 4
+    max_len: int = 64
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+
+
+@dataclass
+class AttentionSchema:
+    kind: str = "scaled_dot"
+    scale: Optional[float] = None  # noqa: UP045
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SoftmaxSchema:
+    name: str = "softmax"
+    temperature: Any = 1.0
+    temperature_init: float = 1.0
+
+
+@dataclass
+class OptimSchema:
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_ratio: float = 0.05
+    min_lr_ratio: float = 0.05
+
+
+@dataclass
+class TrainerSchema:
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_epochs: int = 10
+    max_steps: int = -1
+    gradient_clip_val: Optional[float] = 1.0  # noqa: UP045
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    deterministic: bool = False
+    detect_anomaly: bool = False
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    profiler: Optional[str] = None  # noqa: UP045
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+
+
+@dataclass
+class LoggerSchema:
+    kind: str = "wandb"
+    mode: str = "offline"
+    project: str = "attn"
+    entity: Optional[str] = None  # noqa: UP045
+    group: Optional[str] = None  # noqa: UP045
+    tags: list[str] = field(default_factory=list)
+
+
+GROUP_SCHEMAS = {
+    "model": ModelSchema,
+    "attention": AttentionSchema,
+    "softmax": SoftmaxSchema,
+    "optim": OptimSchema,
+    "trainer": TrainerSchema,
+    "logger": LoggerSchema,
+}
+LOGGER_KINDS = ("wandb", "csv", "none")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _typed(cfg: DictConfig) -> DictConfig:
+    """Merge every group onto its schema; raise ``ConfigError`` naming a mistyped key."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for group, schema in GROUP_SCHEMAS.items():
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"config group {group!r} is required and cannot be removed")
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(schema), cfg[group])
+        except OmegaConfBaseException as e:
+            key = f"{group}.{e.key}" if getattr(e, "key", None) else group
+            value = getattr(e, "value", None)
+            msg = str(e).splitlines()[0]
+            raise ConfigError(f"{key}={value!r} is invalid: {msg}") from None
+        with _open(cfg):
+            cfg[group] = merged
+    return cfg
+
+
+class _open:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def __enter__(self) -> None:
+        OmegaConf.set_struct(self.cfg, False)
+
+    def __exit__(self, *exc: object) -> None:
+        OmegaConf.set_struct(self.cfg, True)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_annotation(path: str, value: Any, hint: Any) -> None:
+    """Raise ``ConfigError`` unless ``value`` fits the simple type ``hint`` (int/float/bool/str/Optional)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                _check_annotation(path, value, arg)
+                return
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if errors else ConfigError(f"{path}={value!r} is invalid")
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: _number(value),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint, True)
+    if not ok:
+        raise ConfigError(f"{path}={value!r} is invalid: expected {hint.__name__}")
+
+
+def _check_target(path: str, node: DictConfig) -> None:
+    """Check the values of a ``_target_`` node against the annotations of what it builds."""
+    target = node.get("_target_")
+    module, _, name = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"{path}._target_={target!r} cannot be imported") from None
+    hints = typing.get_type_hints(obj.__init__)
+    params = inspect.signature(obj.__init__).parameters
+    for key, value in node.items():
+        if key == "_target_" or key not in params:
+            continue
+        if key in hints:
+            _check_annotation(f"{path}.{key}", value, hints[key])
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Types, ranges and combinations of a composed config; ``ConfigError`` on the first problem."""
+    cfg = _typed(cfg)
+    from attn.models.attention import check_combination, list_attention
+    from attn.models.softmax import list_softmax
+
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r} is invalid: expected int")
+    kind, sm = cfg.attention.kind, cfg.softmax.name
+    if kind not in list_attention():
+        raise ConfigError(f"attention.kind={kind!r} is unknown; valid choices: {', '.join(list_attention())}")
+    if sm not in list_softmax():
+        raise ConfigError(f"softmax.name={sm!r} is unknown; valid choices: {', '.join(list_softmax())}")
+    t = cfg.softmax.temperature
+    if t != "learnable" and not (_number(t) and math.isfinite(t) and t > 0):
+        raise ConfigError(f"softmax.temperature={t!r} is invalid: must be a number > 0 or 'learnable'")
+    if not (math.isfinite(cfg.softmax.temperature_init) and cfg.softmax.temperature_init > 0):
+        raise ConfigError(f"softmax.temperature_init={cfg.softmax.temperature_init!r} must be > 0")
+    m = cfg.model
+    for key in ("dropout", "attn_dropout"):
+        if not 0.0 <= m[key] < 1.0:
+            raise ConfigError(f"model.{key}={m[key]!r} is invalid: must be in [0, 1)")
+    for key in ("d_model", "n_layers", "n_heads", "mlp_ratio", "max_len"):
+        if m[key] < 1:
+            raise ConfigError(f"model.{key}={m[key]!r} is invalid: must be >= 1")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}")
+    if m.n_kv_heads is not None and (m.n_kv_heads < 1 or m.n_heads % m.n_kv_heads):
+        raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} does not divide model.n_heads={m.n_heads}")
+    params = {k: v for k, v in OmegaConf.to_container(cfg.attention.params).items() if v is not None}
+    try:
+        check_combination(kind, softmax=sm, dropout_p=m.attn_dropout, params=params)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.logger.kind not in LOGGER_KINDS:
+        raise ConfigError(f"logger.kind={cfg.logger.kind!r} is unknown; valid choices: {', '.join(LOGGER_KINDS)}")
+    if cfg.logger.mode not in WANDB_MODES:
+        raise ConfigError(f"logger.mode={cfg.logger.mode!r} is unknown; valid choices: {', '.join(WANDB_MODES)}")
+    tr = cfg.trainer
+    if tr.max_epochs < -1 or tr.max_epochs == 0:
+        raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")
+    if cfg.optim.lr <= 0 or not math.isfinite(cfg.optim.lr):
+        raise ConfigError(f"optim.lr={cfg.optim.lr!r} is invalid: must be a finite number > 0")
+    for key, node in cfg.task.items():
+        if isinstance(node, DictConfig) and "_target_" in node:
+            _check_target(f"task.{key}", node)
+    return cfg

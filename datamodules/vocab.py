@@ -1,0 +1,50 @@
+"""A word-level vocabulary built from the training split and saved with the run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+PAD, UNK = "<pad>", "<unk>"
+
+
+@dataclass
+class Vocabulary:
+    """Token <-> id mapping; id 0 is padding, id 1 stands for unseen tokens."""
+
+    tokens: list[str] = field(default_factory=lambda: [PAD, UNK])
+
+    def __post_init__(self) -> None:
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+
+    @classmethod
+    def build(cls, sentences: Iterable[list[str]], min_count: int = 1) -> Vocabulary:
+        """Vocabulary of the tokens seen at least ``min_count`` times, most frequent first."""
+        counts = Counter(t for s in sentences for t in s)
+        ordered = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls([PAD, UNK, *ordered])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens: list[str]) -> list[int]:
+        """Ids of ``tokens``; unseen tokens map to the ``<unk>`` id."""
+        unk = self.index[UNK]
+        return [self.index.get(t, unk) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens of ``ids``, padding dropped."""
+        return [self.tokens[i] for i in ids if i != 0]
+
+    def save(self, path: str) -> None:
+        """Write the vocabulary as JSON."""
+        with open(path, "w") as f:
+            json.dump({"tokens": self.tokens}, f)
+
+    @classmethod
+    def load(cls, path: str) -> Vocabulary:
+        """Read a vocabulary written by :meth:`save`."""
+        with open(path) as f:
+            return cls(json.load(f)["tokens"])

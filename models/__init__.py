@@ -1,0 +1,1 @@
+"""Attention kinds, softmax variants and the models built from them (imports torch)."""

@@ -1,0 +1,121 @@
+"""A small pre-norm transformer encoder, attention pooling and a softmax classifier.
+
+Every attention in it goes through :class:`attn.models.attention.MultiHeadAttention`, so the
+attention kind, the softmax variant and the temperature are chosen by configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention, get_attention
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> Tensor:
+    """``[max_len, d_model]`` sinusoidal position encodings (Vaswani et al., 2017)."""
+    pos = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(max_len, d_model)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
+    return pe
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``."""
+
+    def __init__(
+        self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, attention: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = MultiHeadAttention(d_model, n_heads, **attention)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+            nn.Dropout(dropout),
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        a, w = self.attn(self.ln1(x), mask=mask, need_weights=need_weights)
+        x = x + self.drop(a)
+        return x + self.mlp(self.ln2(x)), w
+
+
+class AttentionPooling(nn.Module):
+    """Pools ``[B, L, d]`` to ``[B, d]`` with a learned query: ``softmax(q.x_i / sqrt(d))``-weighted sum."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
+        self.attend = get_attention("scaled_dot")
+
+    def forward(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
+        q = self.query.expand(x.shape[0], 1, 1, -1)
+        out, w = self.attend(q, x.unsqueeze(1), x.unsqueeze(1), mask=pad_mask[:, None, None, :], need_weights=True)
+        return out[:, 0, 0], w[:, 0, 0]
+
+
+class TextClassifier(nn.Module):
+    """Token embedding + positions + ``n_layers`` pre-norm blocks + attention pooling + linear head.
+
+    ``forward`` returns class logits ``[B, n_classes]``; the softmax over classes lives in the loss
+    (cross-entropy) and in :meth:`predict_proba`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_classes: int,
+        *,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        n_kv_heads: int | None = None,
+        mlp_ratio: int = 4,
+        max_len: int = 64,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        attention: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout}
+        self.max_len = max_len
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d_model)
+        self.pool = AttentionPooling(d_model)
+        self.head = nn.Linear(d_model, n_classes)
+
+    def forward(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
+        """Logits ``[B, n_classes]`` and, per layer, the attention weights (``None`` unless asked)."""
+        if ids.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds model.max_len={self.max_len}")
+        pad = ids != 0
+        x = self.drop(self.embed(ids) + self.positions[: ids.shape[1]])
+        mask = pad[:, None, None, :]
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, mask=mask, need_weights=need_weights)
+            weights.append(w)
+        pooled, pool_w = self.pool(self.ln_f(x), pad)
+        return self.head(pooled), [*weights, pool_w[:, None, None, :]] if need_weights else weights
+
+    @torch.no_grad()
+    def predict_proba(self, ids: Tensor) -> Tensor:
+        """Class probabilities ``softmax(logits)`` ``[B, n_classes]``."""
+        return F.softmax(self(ids)[0], dim=-1)
