@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -27,7 +27,7 @@ OVERRIDES_HELP = (
 )
 
 
-class CfgPart(str, Enum):
+class CfgPart(StrEnum):
     job = "job"
 
 
@@ -59,9 +59,7 @@ def _print_summary(record: dict) -> None:
 @app.command(context_settings={"ignore_unknown_options": True})
 def train(
     overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
-    cfg: Annotated[
-        CfgPart | None, typer.Option("--cfg", help="Print the composed config and exit.")
-    ] = None,
+    cfg: Annotated[CfgPart | None, typer.Option("--cfg", help="Print the composed config and exit.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Train and test one configuration; writes a run directory with results.json."""

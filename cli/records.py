@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ def short_name(name: str) -> str:
 def resolve_run_dir(runs_root: str, name: str) -> Path:
     """The run directory: ``$ATTN_RUN_DIR`` if set, else ``<runs_root>/<timestamp>-<name>``.
 
-    The chosen path is exported as ``ATTN_RUN_DIR``, so processes started later by this run (DDP
-    ranks) resolve the same directory.
+    The caller exports the chosen path as ``ATTN_RUN_DIR`` for the duration of the run, so that
+    processes the run starts (DDP ranks) resolve the same directory.
     """
     env = os.environ.get(RUN_DIR_ENV)
     if env:
@@ -45,14 +45,12 @@ def resolve_run_dir(runs_root: str, name: str) -> Path:
         while path.exists():
             n += 1
             path = Path(runs_root) / f"{stamp}-{short_name(name)}-{n}"
-    path = path.resolve()
-    os.environ[RUN_DIR_ENV] = str(path)
-    return path
+    return path.resolve()
 
 
 def now_iso() -> str:
     """The current time, ISO 8601 with time zone."""
-    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

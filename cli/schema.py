@@ -217,9 +217,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.logger.kind not in LOGGER_KINDS:
-        raise ConfigError(f"logger.kind={cfg.logger.kind!r} is unknown; valid choices: {', '.join(LOGGER_KINDS)}")
+        raise ConfigError(
+            f"logger.kind={cfg.logger.kind!r} is unknown; valid choices: {', '.join(LOGGER_KINDS)}"
+        )
     if cfg.logger.mode not in WANDB_MODES:
-        raise ConfigError(f"logger.mode={cfg.logger.mode!r} is unknown; valid choices: {', '.join(WANDB_MODES)}")
+        raise ConfigError(
+            f"logger.mode={cfg.logger.mode!r} is unknown; valid choices: {', '.join(WANDB_MODES)}"
+        )
     tr = cfg.trainer
     if tr.max_epochs < -1 or tr.max_epochs == 0:
         raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")

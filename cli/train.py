@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .records import RunRecord, resolve_run_dir
+from .records import RUN_DIR_ENV, RunRecord, resolve_run_dir
 
 
 def _wandb_mode(cfg: DictConfig) -> str:
@@ -144,6 +144,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], BaseException | None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks started by this run find the same directory
     try:
         record.data["metrics"] = fit_and_test(cfg, run_dir, record)
     except KeyboardInterrupt as e:
@@ -154,5 +156,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], BaseException | None]:
         text = str(e).strip()
         line = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
         return record.finish("failed", line), e
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous
     _finish_wandb(failed=False)
     return record.finish("completed"), None

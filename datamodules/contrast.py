@@ -7,10 +7,11 @@ Each example is a short review of two clauses joined by a contrast word, for exa
 Each clause says ``the <noun> was [not] <adjective>``; the two clauses always have opposite
 polarity, and the label is the polarity of the clause *after* the contrast word (``not`` flips
 an adjective). Half the reviews open with an expectation (``i expected the plot to be fresh
-and ...``) whose adjective is random and irrelevant. Every review therefore holds one clause of each polarity: a bag of words sees
-the same counts for both labels and stays at chance, while a model that relates ``not`` to the
-next adjective and the adjectives to the position of the contrast word solves it. Generated
-offline, deterministic per seed, with no sentence shared between the splits.
+and ...``) whose adjective is random and irrelevant. Every review therefore holds one clause of
+each polarity: a bag of words sees the same counts for both labels and stays at chance, while a
+model that relates ``not`` to the next adjective and the adjectives to the position of the
+contrast word solves it. Generated offline, deterministic per seed, with no sentence shared
+between the splits.
 """
 
 from __future__ import annotations
@@ -29,8 +30,7 @@ POSITIVE = (
     "gripping stunning fresh witty elegant"
 ).split()
 NEGATIVE = (
-    "bad awful terrible dull boring weak clumsy bland tedious messy lazy shallow "
-    "forgettable stale painful"
+    "bad awful terrible dull boring weak clumsy bland tedious messy lazy shallow forgettable stale painful"
 ).split()
 NOUNS = (
     "plot acting script cast ending music pacing dialogue camera story direction soundtrack "
@@ -63,7 +63,7 @@ def generate(n: int, seed: int) -> list[tuple[list[str], int]]:
     out = []
     for _ in range(n):
         label = rng.randrange(2)
-        tokens = _clause(rng, 1 - label) + [rng.choice(CONTRAST)] + _clause(rng, label)
+        tokens = [*_clause(rng, 1 - label), rng.choice(CONTRAST), *_clause(rng, label)]
         if rng.random() < 0.5:  # a distractor: an expectation whose adjective says nothing
             lead = rng.choice(EXPECT).format(rng.choice(NOUNS)).split()
             tokens = [*lead, rng.choice(POSITIVE + NEGATIVE), "and", *tokens]
@@ -71,9 +71,7 @@ def generate(n: int, seed: int) -> list[tuple[list[str], int]]:
     return out
 
 
-def encode(
-    examples: Sequence[tuple[list[str], int]], vocab: Vocabulary, max_len: int
-) -> TensorDataset:
+def encode(examples: Sequence[tuple[list[str], int]], vocab: Vocabulary, max_len: int) -> TensorDataset:
     """Token ids padded to ``max_len`` (pad id 0) and labels, as a ``TensorDataset``."""
     ids = torch.zeros(len(examples), max_len, dtype=torch.long)
     labels = torch.empty(len(examples), dtype=torch.long)

@@ -131,13 +131,11 @@ def check_combination(
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
-            "q, k, v must be [B, H, L, D]; got shapes "
-            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+            f"q, k, v must be [B, H, L, D]; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
-            f"q/k feature sizes or k/v lengths differ: {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
+            f"q/k feature sizes or k/v lengths differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
     if mask is not None and mask.dtype != torch.bool:
         raise ValueError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
@@ -207,16 +205,12 @@ def _dot_product(
             t = float(temperature)
         s = scale / t
         if mask is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=s
-            )
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=s)
             return out, None
         m = _full_mask(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
         # Rows with no visible key: let them attend everywhere, then zero them.
         row_any = m.any(dim=-1, keepdim=True)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=m | ~row_any, dropout_p=dropout_p, scale=s
-        )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=m | ~row_any, dropout_p=dropout_p, scale=s)
         return out * row_any, None
     scores = (q @ k.transpose(-2, -1)) * scale
     m = _full_mask(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
@@ -446,8 +440,7 @@ def linear_attention(
     if mask is not None:
         if mask.dim() < 2 or mask.shape[-2] != 1:
             raise ValueError(
-                "linear attention takes key-padding masks only (shape [..., 1, Lk]), got "
-                f"{tuple(mask.shape)}"
+                f"linear attention takes key-padding masks only (shape [..., 1, Lk]), got {tuple(mask.shape)}"
             )
         keep = mask.transpose(-2, -1).to(fk.dtype)  # [..., Lk, 1]
         fk = fk * keep
@@ -605,7 +598,11 @@ class MultiHeadAttention(nn.Module):
             k, v = self.kv_proj(context).split([kv_dim, kv_dim], dim=-1)
         else:
             q, k, v = self.qkv_proj(x).split([self.d_model, kv_dim, kv_dim], dim=-1)
-        q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)
+        q, k, v = (
+            self._heads(q, self.n_heads),
+            self._heads(k, self.n_kv_heads),
+            self._heads(v, self.n_kv_heads),
+        )
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -75,9 +75,7 @@ def check_temperature(temperature: float | Tensor) -> None:
         try:
             value = float(temperature)
         except (TypeError, ValueError):
-            raise ValueError(
-                f"temperature must be a finite number > 0, got {temperature!r}"
-            ) from None
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}") from None
         ok = math.isfinite(value) and value > 0
         shown = temperature
     if not ok:

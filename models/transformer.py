@@ -62,7 +62,9 @@ class AttentionPooling(nn.Module):
 
     def forward(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
         q = self.query.expand(x.shape[0], 1, 1, -1)
-        out, w = self.attend(q, x.unsqueeze(1), x.unsqueeze(1), mask=pad_mask[:, None, None, :], need_weights=True)
+        out, w = self.attend(
+            q, x.unsqueeze(1), x.unsqueeze(1), mask=pad_mask[:, None, None, :], need_weights=True
+        )
         return out[:, 0, 0], w[:, 0, 0]
 
 

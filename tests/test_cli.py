@@ -1,0 +1,110 @@
+"""The installed `attn` command, run as a user would, in subprocesses."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_BESIDE = Path(sys.executable).parent / "attn"  # the attn installed with this interpreter
+ATTN = str(_BESIDE) if _BESIDE.exists() else shutil.which("attn")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def attn(*args, env=None, cwd=None):
+    full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([ATTN, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300)
+
+
+def test_help_lists_commands():
+    out = attn("--help")
+    assert out.returncode == 0
+    for cmd in ("train", "sweep", "report"):
+        assert cmd in out.stdout
+
+
+def test_cli_import_is_light():
+    code = (
+        "import sys, attn.cli.main; "
+        "heavy = [m for m in ('torch', 'lightning', 'wandb', 'hydra', 'omegaconf') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_installed_package_layout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import attn, attn.models.attention, attn.cli.main; print(attn.__file__)"
+    ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert Path(ok.stdout.strip()).parent == REPO or "site-packages" in ok.stdout
+    for generic in ("models", "cli", "datamodules", "conf"):
+        bad = subprocess.run(
+            [sys.executable, "-c", f"import {generic}"], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
+        assert bad.returncode != 0 and "ModuleNotFoundError" in bad.stderr, generic
+
+
+def test_cfg_job_prints_config():
+    out = attn("train", "attention=additive", "softmax.temperature=0.5", "--cfg", "job")
+    assert out.returncode == 0
+    assert "kind: additive" in out.stdout and "temperature: 0.5" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("attention=foo", "unknown attention 'foo'; valid choices: additive, dot"),
+        ("trainer.max_epoch=3", "unknown config key 'trainer.max_epoch'"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is invalid"),
+        ("softmax.temperature=0", "softmax.temperature=0 is invalid"),
+    ],
+)
+def test_bad_input_exit_2_one_line_no_traceback(override, expected):
+    out = attn("train", override)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_debug_flag_shows_traceback():
+    out = attn("train", "attention=foo", "--debug")
+    assert out.returncode == 2 and "Traceback" in out.stderr
+
+
+@pytest.mark.slow
+def test_fast_dev_run_end_to_end(tmp_path):
+    out = attn("train", "debug=fast_dev_run", "logger=none", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (results,) = tmp_path.glob("runs/*/results.json")
+    record = json.loads(results.read_text())
+    assert record["status"] == "completed" and "test/acc" in record["metrics"]
+    assert record["run_dir"] in out.stdout.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_failed_run_exits_nonzero_with_record(tmp_path):
+    out = attn("train", "debug=fast_dev_run", "logger=none", "trainer=gpu", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in out.stderr
+    (results,) = tmp_path.glob("runs/*/results.json")
+    record = json.loads(results.read_text())
+    assert record["status"] == "failed" and record["error"]
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_run_files(tmp_path, fast):
+    run_dir = tmp_path / "run"
+    args = [a for a in fast if not a.startswith("logger=")] + ["logger=wandb"]
+    out = attn("train", *args, env={"WANDB_MODE": "offline", "ATTN_RUN_DIR": str(run_dir)}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "completed" and record["wandb_id"]
+    assert list((run_dir / "wandb").glob(f"offline-run-*-{record['wandb_id']}"))
+    assert (run_dir / "csv" / "metrics.csv").is_file()

@@ -1,0 +1,78 @@
+"""Config composition: every group option composes and validates; bad input gives one clear line."""
+
+import pytest
+from attn.cli.config import GROUPS, group_options, load
+from attn.cli.schema import ConfigError
+
+NON_OPTIONAL = [g for g in GROUPS if g not in ("experiment", "debug")]
+
+
+def test_defaults_compose():
+    cfg = load([])
+    assert cfg.attention.kind == "scaled_dot" and cfg.softmax.name == "softmax"
+    assert cfg.logger.kind == "wandb" and cfg.logger.mode == "offline"
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.model.max_len == cfg.task.datamodule.max_len
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "softmax" and option != "softmax":
+        overrides.append("attention=scaled_dot")
+    cfg = load(overrides)
+    if group == "attention":
+        assert cfg.attention.kind == option
+    if group == "softmax":
+        assert cfg.softmax.name == option
+
+
+def test_experiment_overrides_groups_and_values():
+    cfg = load(["experiment=bahdanau_cold"])
+    assert cfg.attention.kind == "additive" and cfg.softmax.temperature == 0.5
+    assert cfg.name == "bahdanau-cold"
+
+
+def test_typed_values():
+    cfg = load(
+        ["trainer.max_epochs=3", "softmax.temperature=0.25", "seed=7", "softmax.temperature=learnable"]
+    )
+    assert cfg.trainer.max_epochs == 3 and isinstance(cfg.trainer.max_epochs, int)
+    assert cfg.softmax.temperature == "learnable" and cfg.seed == 7
+
+
+BAD = [
+    ("attention=foo", "unknown attention 'foo'", "valid choices: additive, dot, general"),
+    ("softmax=softmax2", "unknown softmax 'softmax2'", "valid choices: entmax15, softmax, softmax1"),
+    ("task=vision", "unknown task 'vision'", "valid choices: classification"),
+    ("trainer.max_epoch=3", "unknown config key 'trainer.max_epoch'", "did you mean 'max_epochs'"),
+    ("atention=dot", "unknown config key 'atention'", "did you mean 'attention'"),
+    ("model.d_modle=3", "unknown config key 'model.d_modle'", "valid keys under 'model'"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs='abc'", "Integer"),
+    ("model.n_layers=1.5", "model.n_layers=1.5", "Integer"),
+    ("softmax.temperature=0", "softmax.temperature=0", "> 0 or 'learnable'"),
+    ("softmax.temperature=-2", "softmax.temperature=-2", "> 0"),
+    ("softmax.temperature=hot", "softmax.temperature='hot'", "> 0"),
+    ("model.dropout=1.0", "model.dropout=1.0", "[0, 1)"),
+    ("model.n_heads=3", "model.n_heads=3 does not divide model.d_model=64", ""),
+    ("model.n_kv_heads=3", "model.n_kv_heads=3 does not divide model.n_heads=4", ""),
+    ("attention=local attention.params.window=0", "window >= 1", "got 0"),
+    ("attention=linear softmax=sparsemax", "softmax='sparsemax' cannot apply", "linear"),
+    ("attention=linear model.attn_dropout=0.1", "no weights to drop", ""),
+    ("softmax=sparsemax attention.params.fused=true", "fused attention needs softmax=softmax", ""),
+    ("logger.mode=sometimes", "logger.mode='sometimes'", "offline, online, disabled"),
+    ("task.datamodule.batch_size=abc", "task.datamodule.batch_size='abc'", "expected int"),
+    ("seed=abc", "seed='abc'", "expected int"),
+    ("optim.lr=-1", "optim.lr=-1", "> 0"),
+    ("x=[", "cannot parse override 'x=['", ""),
+    ("+trainer.max_epochs=3", "already exists", "trainer.max_epochs=3"),
+]
+
+
+@pytest.mark.parametrize("overrides, first, second", BAD)
+def test_bad_overrides_one_line(overrides, first, second):
+    with pytest.raises(ConfigError) as info:
+        load(overrides.split())
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert first in msg and second in msg
