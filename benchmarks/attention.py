@@ -4,8 +4,9 @@ Run by hand:  python benchmarks/attention.py [--lengths 128 512 2048] [--threads
 
 Times are medians over repeats after one warm-up; "x sdpa" divides by the time of calling
 ``torch.nn.functional.scaled_dot_product_attention`` directly on the same inputs in the same run.
-Peak memory is the growth of the peak resident set of a child process that runs one
-forward+backward of that kind, over a child that only builds the inputs.
+Peak memory is the growth of the peak resident set (VmHWM, reset before the call) of a fresh
+child process that runs one forward+backward of that kind on inputs it has already built
+(glibc's mmap threshold fixed at 128 KiB, so the resident set follows the live tensors).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
-import resource
+import os
 import statistics
 import time
 
@@ -62,25 +63,49 @@ def timed(fn, inputs, backward: bool, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _child(kind, b, h, length, d, run, conn):
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child(kind, b, h, length, d, conn):
     torch.set_num_threads(1)
     fn, inputs = make(kind, b, h, length, d)
-    if run:
-        out, _ = fn(*inputs)
-        out.sum().backward()
-    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set (VmHWM) to the current one
+    base = _status_kib("VmRSS")
+    out, _ = fn(*inputs)
+    out.sum().backward()
+    conn.send(_status_kib("VmHWM") - base)
 
 
 def peak_mib(kind, b, h, length, d) -> float:
-    ctx = mp.get_context("fork")
-    results = []
-    for run in (False, True):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_child, args=(kind, b, h, length, d, run, child))
+    """Peak resident-memory growth of one forward+backward, in a fresh child process (Linux only).
+
+    A fresh (spawned) process, because a forked one would reuse heap pages that the parent already
+    holds resident and under-count; glibc's mmap threshold is fixed so that freed blocks leave the
+    resident set.
+    """
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_child, args=(kind, b, h, length, d, child))
+    # Blocks over 128 KiB come from mmap and go back to the system when freed, so the resident set
+    # tracks live tensors instead of glibc's heap high-water mark.
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    try:
         p.start()
-        results.append(parent.recv())
-        p.join()
-    return max(0.0, (results[1] - results[0]) / 1024)
+    finally:
+        if saved is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    kib = parent.recv()
+    p.join()
+    return kib / 1024
 
 
 def main() -> None:

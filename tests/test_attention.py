@@ -5,6 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from attn.models.attention import (
     MultiHeadAttention,
     band_mask,
@@ -14,8 +17,6 @@ from attn.models.attention import (
     list_attention,
 )
 from attn.models.softmax import get_softmax
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 KINDS = ["dot", "scaled_dot", "general", "additive", "local", "linear", "sigmoid"]
 NORMALISED = ["dot", "scaled_dot", "general", "additive", "local"]

@@ -1,6 +1,7 @@
 """Config composition: every group option composes and validates; bad input gives one clear line."""
 
 import pytest
+
 from attn.cli.config import GROUPS, group_options, load
 from attn.cli.schema import ConfigError
 

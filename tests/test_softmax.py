@@ -5,14 +5,15 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from attn.models.softmax import (
     LearnableTemperature,
     get_softmax,
     list_softmax,
     softmax_jacobian,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NAMES = ["softmax", "softmax1", "sparsemax", "entmax15"]
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from attn.cli.config import load
 from attn.cli.records import RECORD_KEYS, read_record, resolve_run_dir
 from attn.cli.train import run

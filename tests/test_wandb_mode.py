@@ -15,7 +15,8 @@ def test_environment_wins(monkeypatch):
 
 
 def test_disabled_wandb_still_writes_csv(fast):
-    overrides = [a for a in fast if not a.startswith("logger=")] + ["logger=wandb"]
+    overrides = [a for a in fast if not a.startswith("logger=")]
+    overrides += ["logger=wandb", "trainer.log_every_n_steps=1"]
     record, exc = run(load(overrides))  # conftest sets WANDB_MODE=disabled
     assert exc is None
     run_dir = Path(record["run_dir"])
