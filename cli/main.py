@@ -87,10 +87,65 @@ def train(
     _fail(record["error"], 1, exc, debug)
 
 
+SWEEP_HELP = (
+    "Sweep settings and trial overrides in Hydra's sweep syntax, e.g. sweep=temperature, "
+    "attention=scaled_dot,additive softmax.temperature=0.5,1,2 seed=range(3), launcher=joblib n_jobs=2. "
+    "Launchers: basic (default, one after another), joblib, submitit_local, slurm."
+)
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
-def sweep(overrides: Annotated[list[str] | None, typer.Argument(show_default=False)] = None) -> None:
-    """Run a grid of trainings (not yet implemented)."""
-    _fail("attn sweep is not implemented yet; run `attn train` per configuration", 1)
+def sweep(
+    args: Annotated[list[str] | None, typer.Argument(help=SWEEP_HELP, show_default=False)] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Finish the sweep in this directory.", show_default=False)
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and exit.")] = False,
+    out: Annotated[
+        str | None, typer.Option("--dir", help="Sweep directory (default sweeps/<time>-<name>).")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Drop incompatible combinations instead of failing.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+) -> None:
+    """Run a grid of `attn train` trials, each in its own process and run directory; resumable."""
+    from .schema import ConfigError
+    from .sweep import launch, plan, read_manifest, resume_settings, start, summary
+
+    try:
+        if resume is not None:
+            read_manifest(resume)
+            resume_settings(resume, list(args or []))
+            root = resume
+        else:
+            if dry_run:
+                manifest, skipped = plan(list(args or []), out, skip_invalid)
+                _print_grid(manifest, skipped)
+                return
+            root = start(list(args or []), out, skip_invalid)
+            typer.echo(f"sweep dir: {root}")
+        manifest = launch(root)
+    except ConfigError as e:
+        _fail(str(e), 2, e, debug)
+    except KeyboardInterrupt:
+        _fail(f"sweep interrupted; finish it with: attn sweep --resume {root}", 130)
+    line, failed = summary(manifest)
+    typer.echo(line)
+    if failed:
+        for t in failed:
+            typer.echo(f"  {t['id']} {t['status']}: {' '.join(t['overrides'])}: {t['error']}", err=True)
+        _fail(f"{len(failed)} trial(s) not completed; re-run them with: attn sweep --resume {root}", 1)
+
+
+def _print_grid(manifest: dict, skipped: list[str]) -> None:
+    grid = ", ".join(f"{k} ({len(v)})" for k, v in manifest["grid"].items())
+    typer.echo(f"sweep {manifest['name']}: {len(manifest['trials'])} trials over {grid}")
+    typer.echo(f"launcher {manifest['launcher']}, n_jobs {manifest['n_jobs']}")
+    for t in manifest["trials"]:
+        typer.echo(f"  {t['id']}  {' '.join(t['overrides'])}")
+    for s in skipped:
+        typer.echo(f"  skipped  {s}")
 
 
 @app.command()

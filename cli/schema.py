@@ -198,6 +198,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     t = cfg.softmax.temperature
     if t != "learnable" and not (_number(t) and math.isfinite(t) and t > 0):
         raise ConfigError(f"softmax.temperature={t!r} is invalid: must be a number > 0 or 'learnable'")
+    if t != "learnable":
+        cfg.softmax.temperature = float(t)  # 2 and 2.0 are one temperature in records and reports
     if not (math.isfinite(cfg.softmax.temperature_init) and cfg.softmax.temperature_init > 0):
         raise ConfigError(f"softmax.temperature_init={cfg.softmax.temperature_init!r} must be > 0")
     m = cfg.model

@@ -1,0 +1,447 @@
+"""``attn sweep``: a grid of ``attn train`` trials, recorded in a resumable sweep directory.
+
+The grid is written in Hydra's sweep syntax (``a=1,2``, ``range()``, ``choice()``, ``glob()``) and
+expanded with Hydra's override parser. Trials are launched through a Hydra multirun over trial
+ids, so Hydra's launchers do the scheduling: ``basic`` (one after another), ``joblib`` (parallel on
+this machine), ``submitit_local`` and ``slurm`` (hydra-submitit-launcher). Each trial runs
+``attn train`` in a fresh process with ``ATTN_RUN_DIR`` set to its own directory.
+
+The sweep directory holds ``sweep.json``, the manifest: the grid, and per trial its overrides, run
+directory, status and error line, rewritten atomically under a lock whenever a trial starts or ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .config import CONF_DIR, load
+from .records import RUN_DIR_ENV, now_iso, read_record, short_name, write_json_atomic
+from .schema import ConfigError
+
+MANIFEST = "sweep.json"
+LAUNCHERS = {
+    "basic": "basic",
+    "joblib": "joblib",
+    "submitit_local": "submitit_local",
+    "slurm": "slurm",
+}
+# Sweep-level settings given as key=value on the command line (everything else goes to the trials).
+SWEEP_KEYS = ("sweep", "launcher", "n_jobs", "name")
+# Display-only settings every trial gets unless the grid sets them.
+TRIAL_DEFAULTS = ("trainer.enable_progress_bar=false",)
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+
+
+def sweep_presets() -> list[str]:
+    """Names of the presets in ``conf/sweep/``."""
+    return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...]}``."""
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / "sweep" / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(sweep_presets())}")
+    data = OmegaConf.to_container(OmegaConf.load(path))
+    grid = {str(k): _sweep_string(v) for k, v in (data.get("grid") or {}).items()}
+    return {"name": data.get("name", name), "grid": grid, "overrides": list(data.get("overrides") or [])}
+
+
+def _sweep_string(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def split_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Separate sweep-level ``key=value`` settings (``sweep``, ``launcher``, ...) from trial overrides."""
+    settings: dict[str, str] = {}
+    rest: list[str] = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if eq and key in SWEEP_KEYS:
+            settings[key] = value
+        else:
+            rest.append(a)
+    return settings, rest
+
+
+def expand(overrides: list[str]) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Hydra sweep overrides -> (``{swept key: values}``, the trials' override lists, in grid order).
+
+    Later overrides of the same key replace earlier ones, so command-line values beat a preset's.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    except HydraException as e:
+        raise ConfigError(f"cannot parse the sweep: {str(e).strip().splitlines()[0]}") from e
+    by_key: dict[str, Any] = {}
+    for o in parsed:
+        by_key[o.get_key_element()] = o  # the last one of a key wins, in first-seen order
+    grid: dict[str, list[str]] = {}
+    axes: list[list[str]] = []
+    for key, o in by_key.items():
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            if not values:
+                raise ConfigError(f"{o.input_line}: the sweep over {key} has no values")
+            grid[key] = values
+            axes.append([f"{key}={v}" for v in values])
+        else:
+            axes.append([o.input_line])
+    return grid, [list(t) for t in itertools.product(*axes)]
+
+
+def trial_values(overrides: list[str], grid: dict[str, list[str]]) -> dict[str, str]:
+    """The swept ``key: value`` pairs of one trial."""
+    values = {}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in grid:
+            values[key] = value
+    return values
+
+
+def plan(
+    args: list[str], sweep_dir: str | None = None, skip_invalid: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """Build (not write) the manifest for ``attn sweep ARGS``; every trial's config is validated.
+
+    Returns the manifest and the list of skipped combinations (with ``skip_invalid``). Raises
+    :class:`ConfigError` with one line for bad input.
+    """
+    settings, rest = split_args(args)
+    preset = load_preset(settings["sweep"]) if "sweep" in settings else {"name": "sweep", "grid": {}}
+    launcher = settings.get("launcher", "basic")
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
+    n_jobs = _positive_int("n_jobs", settings.get("n_jobs", "2" if launcher == "joblib" else "1"))
+    if launcher == "basic" and n_jobs != 1:
+        raise ConfigError(f"n_jobs={n_jobs} needs a parallel launcher; use launcher=joblib n_jobs={n_jobs}")
+    name = settings.get("name") or preset["name"]
+    grid_args = [f"{k}={v}" for k, v in preset["grid"].items()]
+    grid, trials = expand([*preset.get("overrides", []), *grid_args, *rest])
+    if not grid:
+        raise ConfigError("nothing to sweep: give sweep=<preset> or a key with values, e.g. seed=0,1,2")
+    entries, skipped = [], []
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
+    root = (Path(sweep_dir) if sweep_dir else Path("sweeps") / f"{stamp}-{short_name(name)}").resolve()
+    width = max(3, len(str(len(trials) - 1)))
+    for overrides in trials:
+        try:
+            cfg = load(overrides)
+        except ConfigError as e:
+            if skip_invalid:
+                skipped.append(f"{' '.join(overrides)}: {e}")
+                continue
+            raise ConfigError(f"trial {' '.join(overrides)}: {e} (or pass --skip-invalid)") from e
+        tid = f"{len(entries):0{width}d}"
+        values = trial_values(overrides, grid)
+        slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
+        entries.append(
+            {
+                "id": tid,
+                "overrides": overrides,
+                "values": values,
+                "run_dir": str(root / "trials" / f"{tid}-{slug}"),
+                "devices": cfg.trainer.devices,
+                "num_nodes": cfg.trainer.num_nodes,
+                "accelerator": cfg.trainer.accelerator,
+                "status": "pending",
+                "error": None,
+                "attempts": 0,
+            }
+        )
+    if not entries:
+        raise ConfigError("every combination of the grid is invalid; see --dry-run --skip-invalid")
+    manifest = {
+        "name": name,
+        "sweep_dir": str(root),
+        "command": " ".join(["attn", "sweep", *args]),
+        "created": now_iso(),
+        "launcher": launcher,
+        "n_jobs": n_jobs,
+        "grid": grid,
+        "skipped": skipped,
+        "trials": entries,
+    }
+    return manifest, skipped
+
+
+def _positive_int(key: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{key}={value} is invalid: must be a whole number >= 1")
+    return n
+
+
+# --------------------------------------------------------------------------------------------
+# the manifest
+
+
+@contextlib.contextmanager
+def locked_manifest(sweep_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Read-modify-write ``sweep.json`` under an exclusive lock; written atomically on exit."""
+    path = Path(sweep_dir) / MANIFEST
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = json.loads(path.read_text())
+        yield manifest
+        manifest["updated"] = now_iso()
+        write_json_atomic(path, manifest)
+
+
+def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a sweep directory; ``ConfigError`` if there is none."""
+    path = Path(sweep_dir) / MANIFEST
+    if not path.exists():
+        raise ConfigError(f"{sweep_dir}: not a sweep directory (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def trial_done(trial: dict[str, Any]) -> bool:
+    """Whether the trial's ``results.json`` says completed (the run directory is the truth)."""
+    path = Path(trial["run_dir"]) / "results.json"
+    try:
+        return read_record(path)["status"] == "completed"
+    except ValueError:
+        return False
+
+
+def _counts(manifest: dict[str, Any]) -> dict[str, int]:
+    counts = {"completed": 0, "failed": 0, "interrupted": 0, "running": 0, "pending": 0}
+    for t in manifest["trials"]:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# one trial (runs inside a Hydra launcher's job)
+
+
+def _trial_command(trial: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    keys = {o.partition("=")[0].lstrip("+~") for o in trial["overrides"]}
+    extra = [d for d in TRIAL_DEFAULTS if d.partition("=")[0] not in keys]
+    if "logger.group" not in keys:
+        extra.append(f"logger.group={manifest['name']}")
+    if "logger.tags" not in keys and trial["values"]:
+        tags = ",".join(f"'{k}={v}'" for k, v in trial["values"].items())
+        extra.append(f"logger.tags=[{tags}]")
+    return [sys.executable, "-m", "attn.cli.main", "train", *trial["overrides"], *extra]
+
+
+def _set_aside(run_dir: Path, sweep_dir: Path, attempt: int) -> None:
+    """Move an unfinished trial's directory to ``attempts/`` so that the re-run starts clean."""
+    if run_dir.exists():
+        dest = sweep_dir / "attempts" / f"{run_dir.name}.{attempt}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.rename(dest)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1][:500] if lines else "no output"
+
+
+def run_trial(sweep_dir: str, tid: str | int, threads: int | None) -> str:
+    """Run one trial as ``attn train`` in a child process; returns its final status."""
+    root = Path(sweep_dir)
+    rank = int(os.environ.get("SLURM_PROCID", "0"))  # submitit runs the job once per SLURM task
+    with locked_manifest(root) as m:
+        trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
+        if trial_done(trial):
+            trial["status"] = "completed"
+            return "completed"
+        if rank == 0:
+            trial["attempts"] += 1
+            _set_aside(Path(trial["run_dir"]), root, trial["attempts"] - 1)
+            trial.update(status="running", started=now_iso(), error=None)
+        manifest = {k: v for k, v in m.items() if k != "trials"}
+    run_dir = Path(trial["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
+    log = run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log")
+    status, error = "failed", None
+    try:
+        with open(log, "w") as out:
+            cmd = _trial_command(trial, manifest)
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        code = proc.returncode
+    except KeyboardInterrupt:
+        code = -signal.SIGINT
+    wall = time.perf_counter() - t0
+    if rank != 0:
+        return "completed" if code == 0 else "failed"
+    try:
+        record = read_record(run_dir / "results.json")
+        status, error, duration = record["status"], record["error"], record["duration_s"]
+    except ValueError:
+        status = "interrupted" if code in (-signal.SIGINT, 130) else "failed"
+        error, duration = f"attn train exited with {code}: {_last_line(log)}", None
+    # results.json is the truth: a run that completed stays completed even if its process was
+    # then stopped during teardown (e.g. by the Ctrl-C that also stops the sweep).
+    with locked_manifest(root) as m:
+        trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
+        trial.update(
+            status=status, error=error, finished=now_iso(), wall_s=round(wall, 3), duration_s=duration
+        )
+        _print_progress(m, trial)
+    if code in (-signal.SIGINT, 130):
+        raise KeyboardInterrupt
+    return status
+
+
+def _print_progress(manifest: dict[str, Any], trial: dict[str, Any]) -> None:
+    c = _counts(manifest)
+    total = len(manifest["trials"])
+    finished = c["completed"] + c["failed"]
+    elapsed = time.time() - manifest.get("session_started_unix", time.time())
+    this_session = manifest.get("session_finished", 0) + 1
+    manifest["session_finished"] = this_session
+    # Wall time per trial finished in this session already reflects the parallelism.
+    eta = elapsed / this_session * (total - finished)
+    line = (
+        f"[{finished}/{total}] completed {c['completed']}, failed {c['failed']}"
+        f" | trial {trial['id']} {trial['status']} in {trial['wall_s']:.1f} s"
+        f" | elapsed {_hms(elapsed)}, about {_hms(eta)} left"
+    )
+    print(line, flush=True)
+
+
+def _hms(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------
+# launching: a Hydra multirun over trial ids
+
+
+def _launch_job(cfg: Any) -> str:
+    """The Hydra task function: one trial."""
+    return run_trial(cfg.sweep_dir, int(cfg.trial), cfg.threads)
+
+
+def launch(sweep_dir: str | Path) -> dict[str, Any]:
+    """Run every trial of the sweep that is not completed, through the manifest's Hydra launcher."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = Path(sweep_dir).resolve()
+    with locked_manifest(root) as m:
+        todo = []
+        for t in m["trials"]:
+            if trial_done(t):
+                t["status"] = "completed"
+            else:
+                t["status"] = "pending" if t["status"] != "failed" else "failed"
+                todo.append(str(int(t["id"])))
+        m["session_started_unix"] = time.time()
+        m["session_finished"] = 0
+        launcher, n_jobs = m["launcher"], int(m["n_jobs"])
+        first = m["trials"][0]
+        shape = {(t["devices"], t["num_nodes"], t["accelerator"]) for t in m["trials"]}
+    if not todo:
+        return read_manifest(root)
+    if launcher == "slurm" and len(shape) > 1:
+        raise ConfigError("launcher=slurm needs one trainer.devices/num_nodes/accelerator for all trials")
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // n_jobs) if launcher == "joblib" else None
+    devices = first["devices"] if isinstance(first["devices"], int) else 1
+    gpus = devices if first["accelerator"] in ("gpu", "cuda") else None
+    argv = [
+        "attn-sweep",
+        "--multirun",
+        f"trial={','.join(todo)}",
+        f"sweep_dir={root}",
+        f"threads={threads if threads else 'null'}",
+        f"devices={devices}",
+        f"num_nodes={first['num_nodes']}",
+        f"gpus_per_node={gpus if gpus else 'null'}",
+        f"hydra/launcher={LAUNCHERS[launcher]}",
+    ]
+    if launcher == "joblib":
+        argv.append(f"hydra.launcher.n_jobs={n_jobs}")
+    main = hydra.main(config_path=str(CONF_DIR), config_name="launch", version_base="1.3")(_launch_job)
+    GlobalHydra.instance().clear()
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
+    return read_manifest(root)
+
+
+def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:
+    """Plan the sweep, write its directory and manifest; returns the directory."""
+    manifest, _ = plan(args, sweep_dir, skip_invalid)
+    root = Path(manifest["sweep_dir"])
+    if (root / MANIFEST).exists():
+        raise ConfigError(f"{root} already holds a sweep; resume it with attn sweep --resume {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / MANIFEST, manifest)
+    return root
+
+
+def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
+    """Apply ``launcher=`` / ``n_jobs=`` given with ``--resume``; anything else is an error."""
+    settings, rest = split_args(args)
+    bad = rest + [f"{k}={v}" for k, v in settings.items() if k not in ("launcher", "n_jobs")]
+    if bad:
+        raise ConfigError(f"--resume keeps the sweep's grid; cannot apply {' '.join(bad)}")
+    if not settings:
+        return
+    with locked_manifest(sweep_dir) as m:
+        launcher = settings.get("launcher", m["launcher"])
+        if launcher not in LAUNCHERS:
+            raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
+        m["launcher"] = launcher
+        m["n_jobs"] = _positive_int("n_jobs", settings.get("n_jobs", str(m["n_jobs"])))
+
+
+def summary(manifest: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """One line of counts and per-trial overhead, and the failed trials."""
+    c = _counts(manifest)
+    failed = [t for t in manifest["trials"] if t["status"] != "completed"]
+    overheads = [
+        t["wall_s"] - t["duration_s"]
+        for t in manifest["trials"]
+        if t.get("wall_s") is not None and t.get("duration_s") is not None
+    ]
+    line = f"sweep {manifest['name']}: {c['completed']} completed, {len(failed)} not completed"
+    line += f" of {len(manifest['trials'])} trials"
+    if overheads:
+        mean = sum(overheads) / len(overheads)
+        line += f"; per-trial overhead {mean:.1f} s (process start, imports, teardown)"
+    return line, failed

@@ -1,0 +1,232 @@
+"""attn sweep: grid expansion, the manifest, trials in their own processes, failures, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attn.cli.records import read_record
+from attn.cli.schema import ConfigError
+from attn.cli.sweep import _trial_command, expand, plan, read_manifest, resume_settings, start, sweep_presets
+
+ATTN = str(Path(sys.executable).parent / "attn")
+
+
+def attn(*args, cwd=None):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run([ATTN, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+# The smoke preset's fixed overrides, for grids of tiny trials.
+TINY = [
+    "model=small",
+    "logger=csv",
+    "baseline=false",
+    "task.datamodule.n_train=256",
+    "task.datamodule.n_val=64",
+    "task.datamodule.n_test=64",
+    "trainer.max_epochs=1",
+]
+
+
+def manifest(sweep_dir: Path) -> dict:
+    return json.loads((sweep_dir / "sweep.json").read_text())
+
+
+def test_expand_is_the_cartesian_product_in_grid_order():
+    grid, trials = expand(["attention=dot,additive", "seed=range(3)", "model=small"])
+    assert grid == {"attention": ["dot", "additive"], "seed": ["0", "1", "2"]}
+    assert len(trials) == 6
+    assert trials[0] == ["attention=dot", "seed=0", "model=small"]
+    assert trials[-1] == ["attention=additive", "seed=2", "model=small"]
+
+
+def test_later_values_of_a_key_win():
+    grid, trials = expand(["seed=0,1", "softmax.temperature=0.5,1", "seed=7"])
+    assert grid == {"softmax.temperature": ["0.5", "1"]}
+    assert trials == [["seed=7", "softmax.temperature=0.5"], ["seed=7", "softmax.temperature=1"]]
+
+
+def test_choice_sweeps_expand():
+    grid, trials = expand(["softmax=choice(softmax,entmax15)"])
+    assert grid == {"softmax": ["softmax", "entmax15"]} and len(trials) == 2
+
+
+def test_presets_plan_and_command_line_values_override_them(tmp_path):
+    assert {"smoke", "temperature", "attention_kinds", "study"} <= set(sweep_presets())
+    m, _ = plan(["sweep=smoke"], str(tmp_path / "s"))
+    assert len(m["trials"]) == 4 and m["name"] == "smoke"
+    m, _ = plan(["sweep=smoke", "softmax.temperature=1"], str(tmp_path / "s"))
+    assert m["grid"] == {"attention": ["scaled_dot", "additive"]}
+    assert all("softmax.temperature=1" in t["overrides"] for t in m["trials"])
+    assert len(plan(["sweep=temperature"])[0]["trials"]) == 15
+    assert len(plan(["sweep=attention_kinds"])[0]["trials"]) == 21
+    study, _ = plan(["sweep=study"])
+    assert len(study["trials"]) == 7 * 5 * 3
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["sweep=nope"], "unknown sweep 'nope'; valid choices: attention_kinds"),
+        (["seed=0,1", "launcher=mpi"], "unknown launcher 'mpi'; valid choices: basic, joblib"),
+        (["seed=0,1", "launcher=joblib", "n_jobs=0"], "n_jobs=0 is invalid"),
+        (["seed=0,1", "n_jobs=2"], "use launcher=joblib n_jobs=2"),
+        (["seed=1"], "nothing to sweep"),
+        (["seed=0,1", "attention=foo"], "unknown attention 'foo'; valid choices: additive"),
+        (["attention=linear", "softmax=softmax,sparsemax"], "attention 'linear' has no softmax normaliser"),
+        (["seed=0,1", "trainer.max_epoch=3"], "did you mean 'max_epochs'"),
+    ],
+)
+def test_bad_sweeps_are_rejected_before_anything_runs(args, expected, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        plan(args, str(tmp_path / "s"))
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_skip_invalid_drops_incompatible_combinations():
+    m, skipped = plan(["attention=scaled_dot,linear", "softmax=softmax,sparsemax"], skip_invalid=True)
+    assert [t["values"] for t in m["trials"]] == [
+        {"attention": "scaled_dot", "softmax": "softmax"},
+        {"attention": "scaled_dot", "softmax": "sparsemax"},
+        {"attention": "linear", "softmax": "softmax"},
+    ]
+    assert len(skipped) == 1 and "sparsemax" in skipped[0]
+
+
+def test_trials_share_a_wandb_group_and_carry_their_values_as_tags():
+    m, _ = plan(["sweep=smoke", "name=mystudy"])
+    cmd = _trial_command(m["trials"][3], m)
+    assert cmd[:4] == [sys.executable, "-m", "attn.cli.main", "train"]
+    assert "logger.group=mystudy" in cmd
+    assert "logger.tags=['attention=additive','softmax.temperature=2']" in cmd
+    # The command composes: the tags and group reach the trial's config.
+    from attn.cli.config import load
+
+    cfg = load(cmd[4:])
+    assert cfg.logger.group == "mystudy"
+    assert list(cfg.logger.tags) == ["attention=additive", "softmax.temperature=2"]
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path):
+    out = attn("sweep", "sweep=smoke", "seed=0,1", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "sweep smoke: 8 trials over attention (2), softmax.temperature (2), seed (2)" in out.stdout
+    assert len([ln for ln in out.stdout.splitlines() if ln.startswith("  0")]) == 8
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end(tmp_path):
+    out = attn("sweep", "sweep=smoke", "--dir", str(tmp_path / "s"), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[4/4] completed 4, failed 0" in out.stdout
+    m = manifest(tmp_path / "s")
+    assert [t["status"] for t in m["trials"]] == ["completed"] * 4
+    dirs = {t["run_dir"] for t in m["trials"]}
+    assert len(dirs) == 4
+    for t in m["trials"]:
+        record = read_record(Path(t["run_dir"]) / "results.json")
+        assert record["status"] == "completed" and record["run_dir"] == t["run_dir"]
+        assert record["config"]["attention"]["kind"] == t["values"]["attention"]
+        assert str(record["config"]["softmax"]["temperature"]) in {"0.5", "2.0"}
+        assert record["config"]["logger"]["group"] == "smoke"
+        assert t["wall_s"] > t["duration_s"] > 0
+    # A second sweep in the same directory is refused, and resuming a finished sweep runs nothing.
+    again = attn("sweep", "sweep=smoke", "--dir", str(tmp_path / "s"), cwd=tmp_path)
+    assert again.returncode == 2 and "attn sweep --resume" in again.stderr
+    done = attn("sweep", "--resume", str(tmp_path / "s"), cwd=tmp_path)
+    assert done.returncode == 0 and "[" not in done.stdout and "4 completed" in done.stdout
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_and_the_others_complete_in_parallel(tmp_path):
+    # trainer=gpu fails inside the run on a machine without a GPU (CI has none).
+    args = ["sweep", *TINY, "trainer=cpu,gpu", "seed=0,1", "launcher=joblib", "n_jobs=2"]
+    out = attn(*args, "--dir", str(tmp_path / "s"), cwd=tmp_path)
+    assert out.returncode == 1
+    assert "2 trial(s) not completed" in out.stderr
+    m = manifest(tmp_path / "s")
+    by_trainer = {}
+    for t in m["trials"]:
+        by_trainer.setdefault(t["values"]["trainer"], []).append(t)
+    assert [t["status"] for t in by_trainer["cpu"]] == ["completed", "completed"]
+    for t in by_trainer["gpu"]:
+        assert t["status"] == "failed" and t["error"] and "\n" not in t["error"]
+        assert read_record(Path(t["run_dir"]) / "results.json")["status"] == "failed"
+        assert t["id"] in out.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_killing_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "s"
+    cmd = [ATTN, "sweep", *TINY, "seed=0,1,2,3", "--dir", str(sweep_dir)]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, **quiet)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.2)
+            if not (sweep_dir / "sweep.json").exists():
+                continue
+            statuses = [t["status"] for t in manifest(sweep_dir)["trials"]]
+            if statuses.count("completed") >= 1 and "running" in statuses:
+                break
+        else:
+            pytest.fail("the sweep never reached a completed and a running trial")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the trial in flight
+        proc.wait()
+    before = manifest(sweep_dir)
+    completed = {t["id"]: t for t in before["trials"] if t["status"] == "completed"}
+    killed = [t for t in before["trials"] if t["status"] == "running"]
+    assert completed and len(killed) == 1
+    stamps = {tid: (Path(t["run_dir"]) / "results.json").stat().st_mtime_ns for tid, t in completed.items()}
+
+    out = attn("sweep", "--resume", str(sweep_dir), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    after = manifest(sweep_dir)
+    assert [t["status"] for t in after["trials"]] == ["completed"] * 4
+    for tid, t in completed.items():  # completed trials untouched
+        assert (Path(t["run_dir"]) / "results.json").stat().st_mtime_ns == stamps[tid]
+        assert next(a for a in after["trials"] if a["id"] == tid)["attempts"] == 1
+    (redo,) = [a for a in after["trials"] if a["id"] == killed[0]["id"]]
+    assert redo["attempts"] == 2
+    # The killed attempt is set aside, not mixed into the re-run.
+    assert (sweep_dir / "attempts" / f"{Path(redo['run_dir']).name}.1").is_dir()
+    assert out.stdout.count("completed in") == 4 - len(completed)
+
+
+def test_resume_keeps_the_grid(tmp_path):
+    root = start([*TINY, "seed=0,1"], str(tmp_path / "s"), False)
+    with pytest.raises(ConfigError, match="keeps the sweep's grid; cannot apply seed=5"):
+        resume_settings(root, ["seed=5"])
+    resume_settings(root, ["launcher=joblib", "n_jobs=2"])
+    assert (manifest(root)["launcher"], manifest(root)["n_jobs"]) == ("joblib", 2)
+    with pytest.raises(ConfigError, match="not a sweep directory"):
+        read_manifest(tmp_path / "nothing")
+
+
+def test_slurm_launcher_config_follows_the_trainer():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from attn.cli.config import CONF_DIR
+
+    overrides = ["sweep_dir=/tmp/s", "trial=0", "devices=4", "num_nodes=2", "gpus_per_node=4"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("launch", overrides=[*overrides, "hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    resolved = {k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in ("nodes", "tasks_per_node")}
+    assert resolved == {"nodes": 2, "tasks_per_node": 4}
+    assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
+    assert OmegaConf.select(cfg, "hydra.launcher.max_num_timeout") == 3
