@@ -149,9 +149,76 @@ def _print_grid(manifest: dict, skipped: list[str]) -> None:
 
 
 @app.command()
-def report(path: Annotated[str | None, typer.Argument(show_default=False)] = None) -> None:
-    """Summarise runs and sweeps (not yet implemented)."""
-    _fail("attn report is not implemented yet; read <run dir>/results.json", 1)
+def report(
+    path: Annotated[
+        str | None, typer.Argument(help="A sweep or runs directory (default: runs).", show_default=False)
+    ] = None,
+    metric: Annotated[str, typer.Option("--metric", help="Metric that ranks configurations.")] = "test/acc",
+    formats: Annotated[str, typer.Option("--format", help="Comma-separated: md, html, csv.")] = "md,html,csv",
+    group_by: Annotated[
+        str,
+        typer.Option("--group-by", help="Config keys that define a configuration (aliases or dotted paths)."),
+    ] = "attention,softmax,temperature",
+    split_by: Annotated[
+        str, typer.Option("--split-by", help="Config key with one table per value.")
+    ] = "task",
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="Output directory (default: <path>/report).", show_default=False),
+    ] = None,
+    wandb_path: Annotated[
+        str | None, typer.Option("--wandb", help="Read runs from W&B: entity/project.", show_default=False)
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="W&B group (sweep name) with --wandb.", show_default=False)
+    ] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+) -> None:
+    """Summarise runs: per task, mean ± std and 95% CI over seeds per configuration, best marked."""
+    from .report import build, collect, collect_wandb
+    from .schema import ConfigError
+
+    try:
+        if wandb_path:
+            runs = collect_wandb(wandb_path, group)
+            target = out or f"report-{wandb_path.replace('/', '-')}"
+        else:
+            root = path or "runs"
+            runs = collect(root)
+            target = out or f"{root}/report"
+        rep = build(
+            runs, target, metric=metric, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+            group_by=tuple(g.strip() for g in group_by.split(",") if g.strip()), split_by=split_by,
+            plots=not no_plots,
+        )  # fmt: skip
+    except ConfigError as e:
+        _fail(str(e), 2, e, debug)
+    _print_report(rep, tuple(g.strip() for g in group_by.split(",") if g.strip()))
+    typer.echo(f"report: {target}")
+
+
+def _print_report(rep, group_by: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import table_rows
+
+    console = Console()
+    for split, groups in rep.groups.items():
+        rows = table_rows(groups, group_by, rep.metrics[:1])
+        table = Table(title=f"task: {split}")
+        for h in rows[0]:
+            table.add_column(h)
+        for g, cells in zip(groups, rows[1:], strict=True):
+            table.add_row(*cells, style="bold green" if g.best else ("green" if g.tied else None))
+        console.print(table)
+    counts: dict[str, int] = {}
+    for r in rep.runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    console.print(f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for r in rep.problems:
+        console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m attn.cli.main`

@@ -92,6 +92,13 @@ class LoggerSchema:
     tags: list[str] = field(default_factory=list)
 
 
+@dataclass
+class DiagnosticsSchema:
+    enabled: bool = True
+    batches: int = 2
+    images: bool = True
+
+
 GROUP_SCHEMAS = {
     "model": ModelSchema,
     "attention": AttentionSchema,
@@ -99,6 +106,7 @@ GROUP_SCHEMAS = {
     "optim": OptimSchema,
     "trainer": TrainerSchema,
     "logger": LoggerSchema,
+    "diagnostics": DiagnosticsSchema,
 }
 LOGGER_KINDS = ("wandb", "csv", "none")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -229,6 +237,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     tr = cfg.trainer
     if tr.max_epochs < -1 or tr.max_epochs == 0:
         raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")
+    if cfg.diagnostics.batches < 0:
+        raise ConfigError(f"diagnostics.batches={cfg.diagnostics.batches} is invalid: must be >= 0")
     if cfg.optim.lr <= 0 or not math.isfinite(cfg.optim.lr):
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} is invalid: must be a finite number > 0")
     for key, node in cfg.task.items():

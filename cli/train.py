@@ -110,10 +110,15 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str,
         mode=cfg.task.monitor_mode,
         save_last=True,
     )
+    callbacks: list = [checkpoint]
+    if cfg.diagnostics.enabled:
+        from attn.models.diagnostics import AttentionDiagnostics
+
+        callbacks.append(AttentionDiagnostics(cfg.diagnostics.batches, cfg.diagnostics.images))
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer),
         logger=loggers or False,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
     trainer.fit(module, datamodule=dm)

@@ -1,0 +1,226 @@
+"""The report's figures (matplotlib, PNG): metric vs temperature, calibration, learning curves,
+and attention heatmaps read from the best checkpoints."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import Group, Run
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _index(group_by: tuple[str, ...], name: str) -> int | None:
+    return group_by.index(name) if name in group_by else None
+
+
+def vs_temperature(
+    groups: list[Group], group_by: tuple[str, ...], metric: str, path: Path, title: str
+) -> Path | None:
+    """``metric`` against the (numeric) softmax temperature, log x axis, one line per other setting,
+    error bars = 95% t-interval half-width (none for a single seed)."""
+    ti = _index(group_by, "temperature")
+    if ti is None:
+        return None
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for g in groups:
+        t, s = g.key[ti], g.stats.get(metric)
+        if s is None or not isinstance(t, int | float):
+            continue
+        label = " / ".join(str(k) for i, k in enumerate(g.key) if i != ti) or metric
+        err = s.half_width if s.n > 1 else 0.0
+        lines.setdefault(label, []).append((float(t), s.mean, err))
+    if not any(len(pts) > 1 for pts in lines.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, pts in sorted(lines.items()):
+        pts.sort()
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=label)  # fmt: skip
+    ax.set_xscale("log")
+    temps = sorted({p[0] for pts in lines.values() for p in pts})
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.minorticks_off()
+    ax.set_xlabel("softmax temperature T")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _curve(run_dir: str, key: str) -> dict[int, float]:
+    path = Path(run_dir) / "csv" / "metrics.csv"
+    if not path.exists():
+        return {}
+    out: dict[int, float] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
+                out[int(float(row["epoch"]))] = float(row[key])
+    return out
+
+
+def learning_curves(
+    groups: list[Group], group_by: tuple[str, ...], metric: str, path: Path, title: str
+) -> Path | None:
+    """Validation accuracy per epoch, mean over seeds, for the best group of each attention kind."""
+    from .report import lower_is_better
+
+    sign = -1 if lower_is_better(metric) else 1
+    ai = _index(group_by, "attention")
+    best: dict[Any, Group] = {}
+    for g in groups:
+        kind = g.key[ai] if ai is not None else "all"
+        s = g.stats.get(metric)
+        if s is not None and (kind not in best or sign * s.mean > sign * best[kind].stats[metric].mean):
+            best[kind] = g
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drawn = 0
+    for _, g in sorted(best.items(), key=lambda kv: str(kv[0])):
+        curves = [c for c in (_curve(r.run_dir, "val/acc") for r in g.runs) if c]
+        if not curves:
+            continue
+        epochs = sorted(set.intersection(*(set(c) for c in curves)))
+        if not epochs:
+            continue
+        means = [sum(c[e] for c in curves) / len(curves) for e in epochs]
+        ax.plot([e + 1 for e in epochs], means, marker=".", label=" / ".join(map(str, g.key)))
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val/acc (mean over seeds)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _held_out_tokens(run: Run) -> list[str] | None:
+    """The first test example of a run's task, regenerated from its config (deterministic)."""
+    node = (run.config.get("task") or {}).get("datamodule")
+    if not isinstance(node, dict) or "_target_" not in node:
+        return None
+    from hydra.utils import instantiate
+
+    dm = instantiate(node)
+    dm.setup("test")
+    splits = getattr(dm, "splits", None) or {}
+    return list(splits["test"][0][0]) if splits.get("test") else None
+
+
+def heatmaps(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str,
+             out: Path) -> list[Path]:  # fmt: skip
+    """Per attention kind, the head-mean attention of every layer (and the pooling weights) of the
+    best run's best checkpoint on one fixed held-out example, tokens on the axes."""
+    from attn.datamodules.vocab import Vocabulary
+    from attn.models.diagnostics import attention_maps
+
+    from .report import lower_is_better
+
+    sign = -1 if lower_is_better(metric) else 1
+    ai = _index(group_by, "attention")
+    best_run: dict[Any, Run] = {}
+    for gs in groups.values():
+        for g in gs:
+            s = g.stats.get(metric)
+            kind = g.key[ai] if ai is not None else "all"
+            candidates = [r for r in g.runs if r.metrics.get(metric) is not None and _checkpoint(r)]
+            if s is None or not candidates:
+                continue
+            r = max(candidates, key=lambda r: sign * r.metrics[metric])
+            if kind not in best_run or sign * r.metrics[metric] > sign * best_run[kind].metrics[metric]:
+                best_run[kind] = r
+    if not best_run:
+        return []
+    tokens = _held_out_tokens(next(iter(best_run.values())))
+    if not tokens:
+        return []
+    plt = _pyplot()
+    paths = []
+    for kind, run in sorted(best_run.items(), key=lambda kv: str(kv[0])):
+        vocab_path = Path(run.run_dir) / "vocab.json"
+        if not vocab_path.exists():
+            continue
+        ids = Vocabulary.load(str(vocab_path)).encode(tokens)
+        maps = attention_maps(_checkpoint(run), ids)
+        layers, pool = maps[:-1], maps[-1]
+        fig, axes = plt.subplots(1, len(layers) + 1, figsize=(4.2 * (len(layers) + 1), 4.6),
+                                 gridspec_kw={"width_ratios": [1] * len(layers) + [0.35]})  # fmt: skip
+        for i, (ax, m) in enumerate(zip(axes[:-1], layers, strict=True)):
+            if bool(m.isnan().all()):
+                ax.text(0.5, 0.5, "no weight matrix\n(linear attention)", ha="center", va="center")
+                ax.set_axis_off()
+                continue
+            ax.imshow(m.numpy(), cmap="viridis", vmin=0)
+            ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
+            ax.set_title(f"layer {i} (mean over heads)", fontsize=9)
+        axes[-1].imshow(pool.numpy().T, cmap="viridis", vmin=0, aspect="auto")
+        axes[-1].set_yticks(range(len(tokens)), tokens, fontsize=6)
+        axes[-1].set_xticks([])
+        axes[-1].set_title("pooling", fontsize=9)
+        temp = run.get("temperature")
+        fig.suptitle(f"{kind} attention, T={temp}, {metric}={run.metrics[metric]:.4f}", fontsize=10)
+        fig.tight_layout()
+        path = out / f"attention_{kind}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _checkpoint(run: Run) -> str | None:
+    """The run's best checkpoint, if it is on disk."""
+    import json
+
+    try:
+        record = json.loads((Path(run.run_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ckpt = record.get("best_checkpoint")
+    return ckpt if ckpt and Path(ckpt).exists() else None
+
+
+def draw_all(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str,
+             out: Path) -> dict[str, list[Path]]:  # fmt: skip
+    """Every figure of the report; ``{task: [paths], "": [heatmaps]}``."""
+    images: dict[str, list[Path]] = {}
+    for split, gs in groups.items():
+        slug = "".join(c if c.isalnum() else "_" for c in split)
+        paths = [
+            vs_temperature(gs, group_by, metric, out / f"{slug}_{metric.replace('/', '_')}_vs_T.png",
+                           f"{split}: {metric} vs temperature"),
+            vs_temperature(gs, group_by, "test/ece", out / f"{slug}_ece_vs_T.png",
+                           f"{split}: calibration error vs temperature")
+            if metric != "test/ece" else None,
+            learning_curves(gs, group_by, metric, out / f"{slug}_learning_curves.png",
+                            f"{split}: learning curves (best setting per kind)"),
+        ]  # fmt: skip
+        images[split] = [p for p in paths if p is not None]
+    try:
+        images[""] = heatmaps(runs, groups, group_by, metric, out)
+    except Exception as e:  # a report without heatmaps beats no report
+        print(f"warning: attention heatmaps skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+        images[""] = []
+    return images
