@@ -56,14 +56,27 @@ def _explain_key(bad: str, overrides: list[str]) -> str:
     return f"unknown config key {bad!r}"
 
 
+def _unparseable(overrides: list[str]) -> str | None:
+    """The first override that Hydra's parser rejects on its own."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException:
+            return o
+    return None
+
+
 def explain(exc: Exception, overrides: list[str]) -> str:
     """Turn a Hydra/OmegaConf composition error into one line naming the value and the choices."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     if isinstance(exc, OverrideParseException):
         first = str(exc).strip().splitlines()[0]
-        bad = next((o for o in overrides if o in str(exc)), None) or " ".join(overrides)
-        return f"cannot parse override {bad!r}: {first}"
+        return f"cannot parse override {_unparseable(overrides) or ' '.join(overrides)!r}: {first}"
     if isinstance(exc, MissingConfigException):
         missing = (exc.missing_cfg_file or "").strip("/")
         group, _, option = missing.rpartition("/")

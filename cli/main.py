@@ -23,7 +23,8 @@ app = typer.Typer(
 
 OVERRIDES_HELP = (
     "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=3 seed=7. "
-    "Groups: task, model, attention, softmax, optim, trainer, logger, experiment, debug."
+    "Groups: task, model, attention, softmax, optim, trainer, logger, experiment, debug. "
+    "resume=<run dir> continues an interrupted run (only trainer.max_epochs may change)."
 )
 
 
@@ -68,23 +69,33 @@ def train(
     from .config import load
     from .schema import ConfigError
 
+    args = list(overrides or [])
+    resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    args = [a for a in args if not a.startswith("resume=")]
+    resume = None
     try:
-        conf = load(list(overrides or []))
+        if resume_dir is not None:
+            from .train import prepare_resume
+
+            conf, resume = prepare_resume(resume_dir, args)
+        else:
+            conf = load(args)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
     if cfg is not None:
         typer.echo(OmegaConf.to_yaml(conf), nl=False)
         return
-    from .train import run
+    from .train import exit_code, run
 
-    record, exc = run(conf)
+    try:
+        record, exc = run(conf, resume)
+    except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
+        _fail(f"cannot write the run directory: {e}", 1, e, debug)
     if record["status"] == "completed":
         _print_summary(record)
         return
     typer.echo(f"run dir: {record['run_dir']}", err=True)
-    if record["status"] == "interrupted":
-        _fail("run interrupted", 130)
-    _fail(record["error"], 1, exc, debug)
+    _fail(record["error"], exit_code(record, exc), exc, debug and record["status"] == "failed")
 
 
 SWEEP_HELP = (

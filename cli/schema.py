@@ -13,6 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -181,6 +182,10 @@ def _check_target(path: str, node: DictConfig) -> None:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         raise ConfigError(f"{path}._target_={target!r} cannot be imported") from None
+    for key in getattr(obj, "PATH_KEYS", ()):
+        value = node.get(key)
+        if value is not None and not Path(str(value)).is_file():
+            raise ConfigError(f"{path}.{key}={value}: no such file")
     hints = typing.get_type_hints(obj.__init__)
     params = inspect.signature(obj.__init__).parameters
     for key, value in node.items():
@@ -241,7 +246,15 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"diagnostics.batches={cfg.diagnostics.batches} is invalid: must be >= 0")
     if cfg.optim.lr <= 0 or not math.isfinite(cfg.optim.lr):
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} is invalid: must be a finite number > 0")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=<value>")
     for key, node in cfg.task.items():
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_target(f"task.{key}", node)
+    if cfg.model.max_len < cfg.task.datamodule.get("max_len", 0):
+        raise ConfigError(
+            f"model.max_len={cfg.model.max_len} is shorter than task.datamodule.max_len="
+            f"{cfg.task.datamodule.max_len}: the model could not read the longest sequences"
+        )
     return cfg

@@ -222,12 +222,19 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def trial_done(trial: dict[str, Any]) -> bool:
-    """Whether the trial's ``results.json`` says completed (the run directory is the truth)."""
+def trial_done(trial: dict[str, Any], warn: bool = False) -> bool:
+    """Whether the trial's ``results.json`` says completed (the run directory is the truth).
+
+    A corrupt record counts as not completed; with ``warn`` it is reported with its path.
+    """
     path = Path(trial["run_dir"]) / "results.json"
+    if not path.exists():
+        return False
     try:
         return read_record(path)["status"] == "completed"
-    except ValueError:
+    except ValueError as e:
+        if warn:
+            print(f"warning: {e}; trial {trial['id']} runs again", file=sys.stderr, flush=True)
         return False
 
 
@@ -360,7 +367,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
     with locked_manifest(root) as m:
         todo = []
         for t in m["trials"]:
-            if trial_done(t):
+            if trial_done(t, warn=True):
                 t["status"] = "completed"
             else:
                 t["status"] = "pending" if t["status"] != "failed" else "failed"

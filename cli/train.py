@@ -1,16 +1,44 @@
-"""``attn train``: one Lightning fit + test of a composed config, recorded in its run directory."""
+"""``attn train``: one Lightning fit + test of a composed config, recorded in its run directory.
+
+Interrupts: the first SIGINT or SIGTERM finishes the current batch, saves ``checkpoints/last.ckpt``
+and ends the run as ``interrupted`` (exit 130 / 143); a second one exits at once. ``attn train
+resume=<run dir>`` continues such a run from its last checkpoint, in the same directory and W&B run.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .records import RUN_DIR_ENV, RunRecord, resolve_run_dir
+from .records import RUN_DIR_ENV, RunRecord, read_record, resolve_run_dir
+from .schema import ConfigError
+
+# Overrides that may change when a run is resumed; anything else would change the experiment.
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "logger.mode")
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by a signal after saving its state."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum, self.step = signum, step
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+
+
+@dataclass
+class Resume:
+    """What ``attn train resume=<run dir>`` continues from."""
+
+    run_dir: Path
+    checkpoint: Path
+    wandb_id: str | None
 
 
 def _wandb_mode(cfg: DictConfig) -> str:
@@ -18,7 +46,9 @@ def _wandb_mode(cfg: DictConfig) -> str:
     return os.environ.get("WANDB_MODE") or cfg.logger.mode
 
 
-def _build_loggers(cfg: DictConfig, run_dir: Path, flat_config: dict[str, Any]) -> list:
+def _build_loggers(
+    cfg: DictConfig, run_dir: Path, flat_config: dict[str, Any], wandb_id: str | None = None
+) -> list:
     from lightning.pytorch.loggers import CSVLogger
 
     kind = cfg.logger.kind
@@ -38,6 +68,7 @@ def _build_loggers(cfg: DictConfig, run_dir: Path, flat_config: dict[str, Any]) 
                 name=run_dir.name,
                 save_dir=str(run_dir),
                 mode=_wandb_mode(cfg),
+                **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
             )
         )
     for logger in loggers:
@@ -75,13 +106,75 @@ def _baseline(dm: Any) -> float:
     return bow_logistic_regression(train, test, dm.vocab_size, dm.n_classes)
 
 
-def _finish_wandb(failed: bool) -> None:
+def _finish_wandb(exit_code: int, preempted: bool = False) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        if preempted:
+            wandb.run.mark_preempting()  # W&B shows the run as preempted, expecting a resume
+        wandb.finish(exit_code=exit_code)
 
 
-def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str, float]:
+def _signal_stop_callback(record: RunRecord):
+    """A Lightning callback that turns SIGINT/SIGTERM into a clean stop (see the module docstring)."""
+    import lightning as L
+
+    class SignalStop(L.Callback):
+        def __init__(self) -> None:
+            self.signum: int | None = None
+            self.previous: dict[int, Any] = {}
+
+        def install(self) -> None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous.setdefault(sig, signal.getsignal(sig))
+                signal.signal(sig, self._handle)
+
+        def restore(self) -> None:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+            self.previous = {}
+
+        def _handle(self, signum: int, _frame: Any) -> None:
+            if self.signum is not None:  # the second signal: exit at once
+                record.finish("interrupted", f"{signal.Signals(signum).name} twice: exited at once")
+                os._exit(128 + signum)
+            self.signum = signum
+            name = signal.Signals(signum).name
+            print(
+                f"\nattn: {name} received; stopping after this batch ({name} again exits at once)",
+                file=sys.stderr,
+            )
+
+        # Lightning registers its own SIGTERM handler when a stage starts; ours replaces it there.
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.install()
+
+        def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.install()
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if self.signum is not None:
+                self.stop(trainer, save=True)
+
+        def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if self.signum is not None and not trainer.training:
+                self.stop(trainer, save=False)
+
+        def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            if self.signum is not None:
+                self.stop(trainer, save=False)
+
+        def stop(self, trainer: L.Trainer, save: bool) -> None:
+            assert self.signum is not None
+            if save:  # mid-epoch state: model, optimiser, schedule, loop progress, loader position
+                trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+            raise RunInterrupted(self.signum, trainer.global_step)
+
+    return SignalStop()
+
+
+def fit_and_test(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, stopper: Any, resume: Resume | None = None
+) -> dict[str, float]:
     """Seed, build the data and model, fit, test the best checkpoint; returns the test metrics."""
     import lightning as L
     from hydra.utils import instantiate
@@ -102,7 +195,10 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str,
         attention=_attention_kwargs(cfg),
         **OmegaConf.to_container(cfg.optim),
     )
-    loggers = _build_loggers(cfg, run_dir, _flatten(container))
+    loggers = _build_loggers(cfg, run_dir, _flatten(container), resume.wandb_id if resume else None)
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            record.data["wandb_id"] = logger.experiment.id
     checkpoint = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best-{epoch}-{step}",
@@ -110,7 +206,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str,
         mode=cfg.task.monitor_mode,
         save_last=True,
     )
-    callbacks: list = [checkpoint]
+    callbacks: list = [checkpoint, stopper]
     if cfg.diagnostics.enabled:
         from attn.models.diagnostics import AttentionDiagnostics
 
@@ -121,9 +217,7 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
-    trainer.fit(module, datamodule=dm)
-    if trainer.interrupted:
-        raise KeyboardInterrupt
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
     best = checkpoint.best_model_path or None
     tested = trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
@@ -139,32 +233,108 @@ def fit_and_test(cfg: DictConfig, run_dir: Path, record: RunRecord) -> dict[str,
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update(metrics)
-            record.data["wandb_id"] = logger.experiment.id
     return metrics
 
 
-def run(cfg: DictConfig) -> tuple[dict[str, Any], BaseException | None]:
-    """Run ``cfg`` in its own run directory; the written record (any status) and the error, if any."""
-    run_dir = resolve_run_dir(cfg.runs_root, cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True))
+def run(cfg: DictConfig, resume: Resume | None = None) -> tuple[dict[str, Any], BaseException | None]:
+    """Run ``cfg`` in its own run directory; the written record (any status) and the error, if any.
+
+    ``OSError`` escapes when the run directory cannot be created or the record cannot be written.
+    """
     previous = os.environ.get(RUN_DIR_ENV)
+    if resume is not None:
+        os.environ[RUN_DIR_ENV] = str(resume.run_dir)
+    try:
+        run_dir = resolve_run_dir(cfg.runs_root, cfg.name)
+    finally:
+        _restore_env(previous)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if resume is not None:
+        record.data["resumed_from"] = str(resume.checkpoint)
+    stopper = _signal_stop_callback(record)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks started by this run find the same directory
     try:
-        record.data["metrics"] = fit_and_test(cfg, run_dir, record)
-    except KeyboardInterrupt as e:
-        _finish_wandb(failed=True)
-        return record.finish("interrupted", "interrupted by the user"), e
+        record.data["metrics"] = fit_and_test(cfg, run_dir, record, stopper, resume)
+    except RunInterrupted as e:
+        record.data["metrics"]["train/steps"] = float(e.step)
+        _finish_wandb(128 + e.signum, preempted=True)
+        line = f"{e}; checkpoint saved, resume with: attn train resume={run_dir}"
+        return record.finish("interrupted", line), e
+    except (KeyboardInterrupt, SystemExit) as e:  # a signal before training started or outside our hooks
+        code = 128 + (stopper.signum or signal.SIGINT)
+        _finish_wandb(code)
+        name = signal.Signals(stopper.signum or signal.SIGINT).name
+        return record.finish("interrupted", f"interrupted by {name} before a checkpoint"), e
     except Exception as e:
-        _finish_wandb(failed=True)
+        _finish_wandb(1)
         text = str(e).strip()
         line = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
         return record.finish("failed", line), e
     finally:
-        if previous is None:
-            os.environ.pop(RUN_DIR_ENV, None)
-        else:
-            os.environ[RUN_DIR_ENV] = previous
-    _finish_wandb(failed=False)
+        if stopper.signum is None:  # after a signal, a second one must still exit at once
+            stopper.restore()
+        _restore_env(previous)
+    _finish_wandb(0)
     return record.finish("completed"), None
+
+
+def _restore_env(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(RUN_DIR_ENV, None)
+    else:
+        os.environ[RUN_DIR_ENV] = previous
+
+
+def exit_code(record: dict[str, Any], exc: BaseException | None) -> int:
+    """The process exit code for a finished run: 0, 1 (failed), 130 (SIGINT) or 143 (SIGTERM)."""
+    if record["status"] == "completed":
+        return 0
+    if record["status"] == "interrupted":
+        return 128 + exc.signum if isinstance(exc, RunInterrupted) else 130
+    return 1
+
+
+def prepare_resume(run_dir: str, overrides: list[str]) -> tuple[DictConfig, Resume]:
+    """The saved config of ``run_dir`` with the allowed ``overrides``, and where to resume from.
+
+    Overrides that would change the experiment are refused with a ``ConfigError`` naming them.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .schema import validate
+
+    root = Path(run_dir).resolve()
+    config_path, checkpoint = root / "config.yaml", root / "checkpoints" / "last.ckpt"
+    if not config_path.exists():
+        raise ConfigError(f"resume={run_dir}: not a run directory (no config.yaml)")
+    if not checkpoint.exists():
+        raise ConfigError(f"resume={run_dir}: no checkpoints/last.ckpt to resume from")
+    try:
+        status = read_record(root / "results.json")["status"]
+    except ValueError:
+        status = None  # no record or a corrupt one: the checkpoint decides
+    if status == "completed":
+        raise ConfigError(f"resume={run_dir}: the run already completed; start a new run instead")
+    cfg = OmegaConf.load(config_path)
+    refused = []
+    for o in OverridesParser.create().parse_overrides(overrides=overrides):
+        key = o.get_key_element()
+        value = o.value()
+        if key in RESUMABLE_KEYS:
+            OmegaConf.update(cfg, key, value, merge=False)
+        elif OmegaConf.select(cfg, key, default=object()) != value:
+            refused.append(o.input_line)
+    if refused:
+        raise ConfigError(
+            f"resume keeps the saved experiment; cannot apply {' '.join(refused)}"
+            f" (allowed on resume: {', '.join(RESUMABLE_KEYS)})"
+        )
+    wandb_id = None
+    try:
+        wandb_id = read_record(root / "results.json").get("wandb_id")
+    except ValueError:
+        pass
+    return validate(cfg), Resume(root, checkpoint, wandb_id)

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from .resumable import ResumableLoader
 from .vocab import Vocabulary
 
 POSITIVE = (
@@ -134,11 +135,16 @@ class ContrastDataModule(L.LightningDataModule):
         self.prepare_splits()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, generator=gen,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-        )  # fmt: skip
+        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if shuffle:  # resumable mid-epoch: the same batches in the same order after a restart
+            return ResumableLoader(
+                self.datasets[split], self.batch_size, self.seed, self._batches_done, **workers
+            )
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, **workers)
+
+    def _batches_done(self) -> int:
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -76,7 +76,7 @@ def test_default_task_beats_bag_of_words(train):
     """The embedded default: attention learns what a bag of words cannot (short run here)."""
     record, _ = train(
         "model=transformer", "task.datamodule.n_train=4000", "task.datamodule.n_test=1000",
-        "trainer.max_epochs=6", "baseline=true",
+        "trainer.max_epochs=8", "baseline=true",
     )  # fmt: skip
     m = record["metrics"]
     assert m["test/bow_acc"] < 0.6, m

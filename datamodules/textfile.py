@@ -1,0 +1,184 @@
+"""Text classification from your own files: TSV (``label<TAB>text``) or JSON Lines
+(``{"text": ..., "label": ...}``), one example per line, whitespace tokens.
+
+Every problem with the data is found before training starts and reported in one line that names
+the file and the line: a missing or unreadable file, an empty split, a label outside the classes,
+a sentence longer than ``max_len`` (unless ``truncate``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from .contrast import encode
+from .resumable import ResumableLoader
+from .vocab import Vocabulary
+
+Example = tuple[list[str], int]
+
+
+class DataError(ValueError):
+    """Unusable data; the message names the file and the line."""
+
+
+def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[str], str, int]]:
+    """``(tokens, raw label, line number)`` per non-empty line of a ``.tsv`` or ``.jsonl`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix not in (".tsv", ".jsonl"):
+        raise DataError(f"{path}: unknown format {path.suffix!r}; valid choices: .tsv, .jsonl")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".tsv":
+            label, sep, text = line.partition("\t")
+            if not sep:
+                raise DataError(f"{path}:{number}: expected 'label<TAB>text'")
+        else:
+            try:
+                obj = json.loads(line)
+                text, label = obj["text"], obj["label"]
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{path}:{number}: expected a JSON object with 'text' and 'label'") from None
+        tokens = (str(text).lower() if lowercase else str(text)).split()
+        if not tokens:
+            raise DataError(f"{path}:{number}: empty text")
+        rows.append((tokens, str(label).strip(), number))
+    if not rows:
+        raise DataError(f"{path}: no examples (empty split)")
+    return rows
+
+
+class TextFileDataModule(L.LightningDataModule):
+    """Classification data from ``train`` / ``val`` / ``test`` files (``val`` may be held out of train)."""
+
+    PATH_KEYS = ("train", "val", "test")  # checked for existence when the config is validated
+
+    def __init__(
+        self,
+        train: str,
+        test: str,
+        val: str | None = None,
+        labels: list[str] | None = None,
+        val_fraction: float = 0.1,
+        max_len: int = 64,
+        truncate: bool = False,
+        lowercase: bool = True,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.paths = {"train": train, "val": val, "test": test}
+        self.labels = [str(x) for x in labels] if labels else None
+        self.val_fraction, self.max_len, self.truncate = val_fraction, max_len, truncate
+        self.lowercase, self.batch_size, self.seed, self.num_workers = (
+            lowercase,
+            batch_size,
+            seed,
+            num_workers,
+        )
+        self.vocab: Vocabulary | None = None
+        self.splits: dict[str, list[Example]] = {}
+        self.datasets: dict = {}
+
+    def _labelled(self, rows: list[tuple[list[str], str, int]], path: str) -> list[Example]:
+        assert self.labels is not None
+        index = {name: i for i, name in enumerate(self.labels)}
+        out = []
+        for tokens, label, number in rows:
+            if label not in index:
+                choices = ", ".join(self.labels)
+                raise DataError(f"{path}:{number}: label {label!r} is not a class; valid choices: {choices}")
+            if len(tokens) > self.max_len:
+                if not self.truncate:
+                    raise DataError(
+                        f"{path}:{number}: {len(tokens)} tokens, more than task.datamodule.max_len="
+                        f"{self.max_len} (raise it, or set task.datamodule.truncate=true)"
+                    )
+                tokens = tokens[: self.max_len]
+            out.append((tokens, index[label]))
+        return out
+
+    def prepare_splits(self) -> None:
+        """Read, check and encode the splits (idempotent)."""
+        if self.splits:
+            return
+        raw = {k: read_examples(p, self.lowercase) for k, p in self.paths.items() if p}
+        if self.labels is None:
+            self.labels = sorted({label for _, label, _ in raw["train"]}, key=_label_order)
+        if len(self.labels) < 2:
+            raise DataError(f"{self.paths['train']}: one class only ({self.labels[0]!r}); need at least two")
+        splits = {k: self._labelled(rows, str(self.paths[k])) for k, rows in raw.items()}
+        if "val" not in splits:
+            rows = splits["train"]
+            order = list(range(len(rows)))
+            random.Random(self.seed).shuffle(order)
+            n_val = max(1, int(self.val_fraction * len(rows)))
+            if n_val >= len(rows):
+                raise DataError(f"{self.paths['train']}: too few examples to hold out a validation split")
+            splits["val"] = [rows[i] for i in order[:n_val]]
+            splits["train"] = [rows[i] for i in order[n_val:]]
+        self.splits = splits
+        self.vocab = Vocabulary.build(t for t, _ in splits["train"])
+        self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in splits.items()}
+
+    @property
+    def n_classes(self) -> int:
+        self.prepare_splits()
+        assert self.labels is not None
+        return len(self.labels)
+
+    @property
+    def label_names(self) -> list[str]:
+        self.prepare_splits()
+        assert self.labels is not None
+        return list(self.labels)
+
+    @property
+    def vocab_size(self) -> int:
+        self.prepare_splits()
+        assert self.vocab is not None
+        return len(self.vocab)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_splits()
+
+    def _batches_done(self) -> int:
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        return ResumableLoader(
+            self.datasets["train"],
+            self.batch_size,
+            self.seed,
+            self._batches_done,
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["val"], batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["test"], batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def save(self, run_dir: str) -> None:
+        """Write the vocabulary next to the run's checkpoints."""
+        if self.vocab is not None:
+            self.vocab.save(f"{run_dir}/vocab.json")
+
+
+def _label_order(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.lstrip("-").isdigit() else (1, label)

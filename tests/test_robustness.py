@@ -1,0 +1,236 @@
+"""Runs that survive: signals, exact resume, divergence, bad data, bad input, corrupt records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attn.cli.config import load
+from attn.cli.main import app
+from attn.cli.records import read_record
+from attn.cli.schema import ConfigError
+from attn.cli.train import prepare_resume, run
+
+
+def _bad_overrides() -> list:
+    """The bad-override table of test_config.py (tests are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_attn_test_config", Path(__file__).with_name("test_config.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BAD
+
+
+ATTN = str(Path(sys.executable).parent / "attn")
+# Long enough (about 1.2 s per epoch here) for a signal to land in the middle of training.
+SIGNALLED = [
+    "model=transformer", "logger=csv", "baseline=false", "diagnostics.enabled=false",
+    "task.datamodule.n_train=4096", "task.datamodule.n_test=512", "trainer.max_epochs=4",
+    "trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background test runner may ignore SIGINT
+
+
+def start(run_dir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "ATTN_RUN_DIR": str(run_dir)}
+    return subprocess.Popen(
+        [ATTN, "train", *SIGNALLED, *args], env=env, preexec_fn=_default_sigint,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def wait_for_training(run_dir: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the first epoch's checkpoint exists: the run is then inside epoch 1."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list((run_dir / "checkpoints").glob("best-*.ckpt")):
+            time.sleep(0.3)
+            return
+        time.sleep(0.05)
+    pytest.fail(f"training never reached epoch 1: {proc.communicate()[0][-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("full") / "run"
+    proc = start(run_dir)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:]
+    return read_record(run_dir / "results.json")["metrics"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_stops_and_resume_matches_uninterrupted(tmp_path, uninterrupted, sig, code):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_training(run_dir, proc)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, out[-2000:]
+    assert "Traceback" not in out
+    record = read_record(run_dir / "results.json")
+    assert record["status"] == "interrupted"
+    step = int(record["metrics"]["train/steps"])
+    assert 0 < step < uninterrupted["train/steps"]
+    assert f"interrupted by {sig.name} at step {step}" in record["error"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == step
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    resumed = subprocess.run([ATTN, "train", f"resume={run_dir}"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = read_record(run_dir / "results.json")
+    assert final["status"] == "completed" and final["resumed_from"].endswith("last.ckpt")
+    for key, value in uninterrupted.items():
+        assert final["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_second_sigint_exits_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    # Two batches of 2048 per epoch: a batch takes long enough to signal twice inside it.
+    proc = start(run_dir, "trainer.max_epochs=50", "task.datamodule.batch_size=2048")
+    wait_for_training(run_dir, proc)
+    proc.send_signal(signal.SIGINT)
+    for line in proc.stdout:
+        if "SIGINT received" in line:
+            break
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.time() - t0 < 5
+    assert "twice" in read_record(run_dir / "results.json")["error"]
+
+
+def test_resume_refuses_changes_to_the_experiment(train_run):
+    run_dir = Path(train_run["run_dir"])
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    record = read_record(run_dir / "results.json")
+    record["status"] = "interrupted"  # pretend it was cut short
+    (run_dir / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"cannot apply attention=additive softmax.temperature=2 "):
+        prepare_resume(str(run_dir), ["attention=additive", "softmax.temperature=2", "trainer.max_epochs=9"])
+    cfg, resume = prepare_resume(str(run_dir), ["trainer.max_epochs=9", "seed=0"])  # same seed: fine
+    assert cfg.trainer.max_epochs == 9 and resume.checkpoint.name == "last.ckpt"
+    (run_dir / "results.json").write_text('{"status": "inter')  # truncated: the checkpoint decides
+    prepare_resume(str(run_dir), [])
+
+
+def test_resume_refuses_completed_and_foreign_directories(train_run, tmp_path):
+    with pytest.raises(ConfigError, match="already completed"):
+        prepare_resume(train_run["run_dir"], [])
+    with pytest.raises(ConfigError, match="not a run directory"):
+        prepare_resume(str(tmp_path), [])
+
+
+@pytest.fixture
+def train_run(fast) -> dict:
+    record, exc = run(load(fast))
+    assert exc is None
+    return record
+
+
+def test_divergence_fails_at_the_step_with_a_hint(fast):
+    record, _ = run(load([*fast, "optim.lr=1e30"]))
+    assert record["status"] == "failed"
+    assert record["error"].startswith("TrainingDiverged: non-finite loss (nan) at step ")
+    assert "lower optim.lr or raise softmax.temperature" in record["error"]
+    assert "\n" not in record["error"]
+
+
+def test_non_finite_gradient_is_named():
+    from attn.models.classification import ClassificationModule, TrainingDiverged
+
+    net = {"d_model": 8, "n_layers": 1, "n_heads": 2, "max_len": 8}
+    module = ClassificationModule(20, 2, net=net, attention={"kind": "scaled_dot"})
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+    module.net.head.weight.grad[0, 0] = float("inf")
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradient of net.head.weight at step 0"):
+        module.on_before_optimizer_step(None)
+
+
+# --------------------------------------------------------------------------------------------
+# bad input through the real command: exit code, one line, no traceback
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def bad_data_cases(d: Path) -> list[tuple[list[str], int, str]]:
+    """(overrides, exit code, expected text of the error line) for files with one problem each."""
+    rows = "".join(f"{'pos' if i % 2 else 'neg'}\tthe film was fine {i}\n" for i in range(40))
+    good = _write(d / "good.tsv", rows)
+    files = {
+        "empty.tsv": "",
+        "label.tsv": "pos\ta\nneg\tb\nmeh\tc\n",
+        "tab.tsv": "pos\ta\nno tab here\n",
+        "long.tsv": "pos\t" + "w " * 99 + "\nneg\tb\n",
+        "x.jsonl": '{"text": "a"}\n',
+        "one.tsv": "pos\ta\npos\tb\n",
+        "data.csv": "pos,a\n",
+    }
+    paths = {name: _write(d / name, text) for name, text in files.items()}
+    task = ["task=text_files", f"task.datamodule.test={good}"]
+
+    def train(name: str) -> list[str]:
+        return [*task, f"task.datamodule.train={paths.get(name, d / name)}"]
+
+    mixed = ["task=text_files", f"task.datamodule.train={good}", f"task.datamodule.test={paths['label.tsv']}"]
+    return [
+        (train("missing.tsv"), 2, "missing.tsv: no such file"),
+        (["task=text_files", f"task.datamodule.train={good}"], 2, "task.datamodule.test is required"),
+        (train("empty.tsv"), 1, "empty.tsv: no examples (empty split)"),
+        (mixed, 1, "label.tsv:3: label 'meh' is not a class; valid choices: neg, pos"),
+        (train("tab.tsv"), 1, "tab.tsv:2: expected 'label<TAB>text'"),
+        (train("long.tsv"), 1, "long.tsv:1: 99 tokens, more than task.datamodule.max_len=64"),
+        (train("x.jsonl"), 1, "x.jsonl:1: expected a JSON object with 'text' and 'label'"),
+        (train("one.tsv"), 1, "one class only ('pos'); need at least two"),
+        (train("data.csv"), 1, "unknown format '.csv'; valid choices: .tsv, .jsonl"),
+        ([*train("label.tsv"), "task.datamodule.labels=[a,b]"], 1, "label.tsv:1: label 'pos' is not a class"),
+        ([*train("tab.tsv"), "model.max_len=8"], 2, "model.max_len=8 is shorter"),
+        (["runs_root=/etc/hostname/runs"], 1, "cannot write the run directory"),
+    ]
+
+
+def test_bad_input_table_exit_code_one_line_no_traceback(tmp_path):
+    cases = [(o.split(), 2, first) for o, first, _ in _bad_overrides()] + bad_data_cases(tmp_path)
+    assert len(cases) >= 20
+    runner = CliRunner()
+    quick = ["logger=none", "baseline=false", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    for overrides, code, expected in cases:
+        result = runner.invoke(app, ["train", *quick, *overrides])
+        stderr = result.stderr
+        lines = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+        assert result.exit_code == code, (overrides, result.exit_code, stderr[-1500:])
+        assert len(lines) == 1 and expected in lines[0], (overrides, stderr[-1500:])
+        assert "Traceback" not in stderr + result.stdout, overrides
+
+
+def test_corrupt_sweep_record_is_reported_and_rerun(tmp_path, capsys):
+    from attn.cli.sweep import start, trial_done
+
+    root = start(["model=small", "seed=0,1"], str(tmp_path / "s"), False)
+    manifest = json.loads((root / "sweep.json").read_text())
+    trial = manifest["trials"][0]
+    Path(trial["run_dir"]).mkdir(parents=True)
+    (Path(trial["run_dir"]) / "results.json").write_text('{"status": "completed", "run_')  # cut mid-write
+    assert not trial_done(trial, warn=True)
+    err = capsys.readouterr().err
+    assert "results.json: unreadable run record" in err and "trial 000 runs again" in err
