@@ -56,10 +56,19 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, seed: int, progress: Callable[[], int], **kwargs: Any
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        progress: Callable[[], int],
+        sampler: Sampler | None = None,
+        **kwargs: Any,
     ) -> None:
+        # Lightning re-creates the loader with its own ``sampler`` for overfit_batches and DDP; the
+        # epoch-seeded order (and exact mid-epoch resume) applies when it does not.
         self.epoch_sampler = EpochSeededSampler(len(dataset), seed, batch_size)  # type: ignore[arg-type]
-        super().__init__(dataset, batch_size=batch_size, sampler=self.epoch_sampler, **kwargs)
+        kwargs.pop("shuffle", None)
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler or self.epoch_sampler, **kwargs)
         self._progress = progress
 
     def state_dict(self) -> dict[str, int]:

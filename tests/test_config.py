@@ -17,8 +17,12 @@ def test_defaults_compose():
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
-def test_every_group_option_composes(group, option):
+def test_every_group_option_composes(group, option, tmp_path):
     overrides = [f"{group}={option}"]
+    if (group, option) == ("task", "text_files"):
+        for split in ("train", "test"):
+            (tmp_path / f"{split}.tsv").write_text("pos\tgood\nneg\tbad\n")
+            overrides.append(f"task.datamodule.{split}={tmp_path / f'{split}.tsv'}")
     if group == "softmax" and option != "softmax":
         overrides.append("attention=scaled_dot")
     cfg = load(overrides)
