@@ -14,7 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from .schema import ConfigError, validate
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("task", "model", "attention", "softmax", "optim", "trainer", "logger", "experiment", "debug")
+GROUPS = (
+    "task", "model", "attention", "softmax", "optim", "trainer", "precision", "logger", "experiment", "debug",
+)  # fmt: skip
 
 
 def group_options(group: str) -> list[str]:

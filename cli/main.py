@@ -91,8 +91,11 @@ def train(
         record, exc = run(conf, resume)
     except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
         _fail(f"cannot write the run directory: {e}", 1, e, debug)
+    from .records import is_rank_zero
+
     if record["status"] == "completed":
-        _print_summary(record)
+        if is_rank_zero():  # the other DDP ranks stay quiet
+            _print_summary(record)
         return
     typer.echo(f"run dir: {record['run_dir']}", err=True)
     _fail(record["error"], exit_code(record, exc), exc, debug and record["status"] == "failed")
@@ -230,6 +233,36 @@ def _print_report(rep, group_by: tuple[str, ...]) -> None:
     console.print(f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in rep.problems:
         console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False)
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def bench(
+    overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
+    steps: Annotated[int, typer.Option("--steps", help="Measured training steps per loop.")] = 30,
+    warmup: Annotated[int, typer.Option("--warmup", help="Steps run before measuring.")] = 5,
+    matmul_n: Annotated[int, typer.Option("--matmul-n", help="Matrix size of the peak measurement.")] = 2048,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds; the best median counts.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+) -> None:
+    """Measure matmul peak, training throughput and MFU, and Lightning's overhead over a plain loop."""
+    import json
+
+    from .bench import bench as run_bench
+    from .bench import check, table
+    from .config import load
+    from .schema import ConfigError
+
+    try:
+        if steps < 1 or warmup < 0 or matmul_n < 1:
+            raise ConfigError(
+                f"--steps={steps}, --warmup={warmup}, --matmul-n={matmul_n}: need >= 1, >= 0, >= 1"
+            )
+        result = run_bench(load(list(overrides or [])), steps=steps, warmup=warmup, matmul_n=matmul_n)
+        check(result)
+    except ConfigError as e:
+        _fail(str(e), 2, e, debug)
+    typer.echo(json.dumps(result, indent=2) if as_json else table(result))
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m attn.cli.main`

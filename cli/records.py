@@ -30,14 +30,21 @@ def short_name(name: str) -> str:
 
 
 def resolve_run_dir(runs_root: str, name: str) -> Path:
-    """The run directory: ``$ATTN_RUN_DIR`` if set, else ``<runs_root>/<timestamp>-<name>``.
+    """The run directory: ``$ATTN_RUN_DIR`` if set; in a SLURM job ``<runs_root>/slurm-<job id>-<name>``;
+    else ``<runs_root>/<timestamp>-<name>``.
 
     The caller exports the chosen path as ``ATTN_RUN_DIR`` for the duration of the run, so that
     processes the run starts (DDP ranks) resolve the same directory.
     """
     env = os.environ.get(RUN_DIR_ENV)
+    slurm_job = os.environ.get("SLURM_JOB_ID")
     if env:
         path = Path(env)
+    elif slurm_job and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        # Every task of a SLURM job (and the job after a requeue) must agree without talking.
+        array = os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = f"{slurm_job}_{array}" if array else slurm_job
+        path = Path(runs_root) / f"slurm-{job}-{short_name(name)}"
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path(runs_root) / f"{stamp}-{short_name(name)}"
@@ -69,11 +76,20 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         raise
 
 
-class RunRecord:
-    """Accumulates one run's record and writes it as ``<run_dir>/results.json``."""
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of its job (torchrun, SLURM, or Lightning's re-launched ranks)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"]) == 0
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
-        self.run_dir = run_dir
+
+class RunRecord:
+    """Accumulates one run's record and writes it as ``<run_dir>/results.json`` (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], write: bool = True) -> None:
+        self.run_dir, self.write = run_dir, write
         self.data: dict[str, Any] = {
             "status": "failed",
             "run_dir": str(run_dir),
@@ -96,7 +112,8 @@ class RunRecord:
             finished=now_iso(),
             duration_s=round(time.perf_counter() - self._t0, 3),
         )
-        write_json_atomic(self.run_dir / "results.json", self.data)
+        if self.write:
+            write_json_atomic(self.run_dir / "results.json", self.data)
         return self.data
 
 

@@ -81,6 +81,7 @@ class TrainerSchema:
     profiler: Optional[str] = None  # noqa: UP045
     enable_progress_bar: bool = True
     enable_model_summary: bool = False
+    use_distributed_sampler: bool = False
 
 
 @dataclass
@@ -195,6 +196,30 @@ def _check_target(path: str, node: DictConfig) -> None:
             _check_annotation(f"{path}.{key}", value, hints[key])
 
 
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes in bfloat16 natively (Linux flags); ``None`` when unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = set(text.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _check_precision(tr: DictConfig) -> None:
+    precision = str(tr.precision)
+    valid = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "64-true")
+    if precision not in valid:
+        raise ConfigError(f"trainer.precision={precision!r} is unknown; valid choices: {', '.join(valid)}")
+    if precision.startswith("bf16") and tr.accelerator == "cpu" and cpu_has_bf16() is False:
+        raise ConfigError(
+            f"precision={precision}: this CPU has no native bfloat16 (no avx512_bf16/amx_bf16), so bf16 would"
+            " be emulated and slow; use precision=32"
+        )
+    if precision == "16-mixed" and tr.accelerator == "cpu":
+        raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use precision=32 or bf16-mixed")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Types, ranges and combinations of a composed config; ``ConfigError`` on the first problem."""
     cfg = _typed(cfg)
@@ -240,6 +265,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"logger.mode={cfg.logger.mode!r} is unknown; valid choices: {', '.join(WANDB_MODES)}"
         )
     tr = cfg.trainer
+    _check_precision(tr)
     if tr.max_epochs < -1 or tr.max_epochs == 0:
         raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")
     if cfg.diagnostics.batches < 0:

@@ -260,6 +260,16 @@ def _trial_command(trial: dict[str, Any], manifest: dict[str, Any]) -> list[str]
     return [sys.executable, "-m", "attn.cli.main", "train", *trial["overrides"], *extra]
 
 
+def _resumable(run_dir: Path) -> bool:
+    """An attempt that was interrupted (or killed) after saving ``checkpoints/last.ckpt``."""
+    if not (run_dir / "checkpoints" / "last.ckpt").exists() or not (run_dir / "config.yaml").exists():
+        return False
+    try:
+        return read_record(run_dir / "results.json")["status"] == "interrupted"
+    except ValueError:
+        return True  # no record (killed) or a corrupt one: the checkpoint decides
+
+
 def _set_aside(run_dir: Path, sweep_dir: Path, attempt: int) -> None:
     """Move an unfinished trial's directory to ``attempts/`` so that the re-run starts clean."""
     if run_dir.exists():
@@ -285,9 +295,11 @@ def run_trial(sweep_dir: str, tid: str | int, threads: int | None) -> str:
         if trial_done(trial):
             trial["status"] = "completed"
             return "completed"
+        resume = _resumable(Path(trial["run_dir"]))
         if rank == 0:
             trial["attempts"] += 1
-            _set_aside(Path(trial["run_dir"]), root, trial["attempts"] - 1)
+            if not resume:
+                _set_aside(Path(trial["run_dir"]), root, trial["attempts"] - 1)
             trial.update(status="running", started=now_iso(), error=None)
         manifest = {k: v for k, v in m.items() if k != "trials"}
     run_dir = Path(trial["run_dir"])
@@ -299,8 +311,10 @@ def run_trial(sweep_dir: str, tid: str | int, threads: int | None) -> str:
     log = run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log")
     status, error = "failed", None
     try:
-        with open(log, "w") as out:
+        with open(log, "a" if resume else "w") as out:
             cmd = _trial_command(trial, manifest)
+            if resume:  # continue the interrupted attempt from its checkpoint (e.g. a requeued SLURM job)
+                cmd = [*cmd[:4], f"resume={run_dir}"]
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         code = proc.returncode
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .records import RUN_DIR_ENV, RunRecord, read_record, resolve_run_dir
+from .records import RUN_DIR_ENV, RunRecord, is_rank_zero, read_record, resolve_run_dir
 from .schema import ConfigError
 
 # Overrides that may change when a run is resumed; anything else would change the experiment.
@@ -197,7 +197,7 @@ def fit_and_test(
     )
     loggers = _build_loggers(cfg, run_dir, _flatten(container), resume.wandb_id if resume else None)
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if type(logger).__name__ == "WandbLogger" and record.write:
             record.data["wandb_id"] = logger.experiment.id
     checkpoint = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -248,10 +248,11 @@ def run(cfg: DictConfig, resume: Resume | None = None) -> tuple[dict[str, Any], 
         run_dir = resolve_run_dir(cfg.runs_root, cfg.name)
     finally:
         _restore_env(previous)
+    rank0 = is_rank_zero()  # other DDP ranks train but write no config or record
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
+    if resume is None and rank0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0)
     if resume is not None:
         record.data["resumed_from"] = str(resume.checkpoint)
     stopper = _signal_stop_callback(record)

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .resumable import ResumableLoader
+from .resumable import eval_loader, train_loader
 from .vocab import Vocabulary
 
 POSITIVE = (
@@ -134,26 +134,19 @@ class ContrastDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_splits()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
-        if shuffle:  # resumable mid-epoch: the same batches in the same order after a restart
-            return ResumableLoader(
-                self.datasets[split], self.batch_size, self.seed, self._batches_done, **workers
-            )
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, **workers)
-
-    def _batches_done(self) -> int:
-        trainer = self.trainer
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+    def _workers(self) -> dict:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return train_loader(
+            self.datasets["train"], self.batch_size, self.seed, self.trainer, **self._workers()
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, **self._workers())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, **self._workers())
 
     def save(self, run_dir: str) -> None:
         """Write the vocabulary next to the run's checkpoints."""

@@ -16,7 +16,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from .contrast import encode
-from .resumable import ResumableLoader
+from .resumable import eval_loader, train_loader
 from .vocab import Vocabulary
 
 Example = tuple[list[str], int]
@@ -155,24 +155,16 @@ class TextFileDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_splits()
 
-    def _batches_done(self) -> int:
-        trainer = self.trainer
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
-
     def train_dataloader(self) -> DataLoader:
-        return ResumableLoader(
-            self.datasets["train"],
-            self.batch_size,
-            self.seed,
-            self._batches_done,
-            num_workers=self.num_workers,
+        return train_loader(
+            self.datasets["train"], self.batch_size, self.seed, self.trainer, num_workers=self.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["val"], batch_size=self.batch_size, num_workers=self.num_workers)
+        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["test"], batch_size=self.batch_size, num_workers=self.num_workers)
+        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def save(self, run_dir: str) -> None:
         """Write the vocabulary next to the run's checkpoints."""
