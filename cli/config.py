@@ -108,10 +108,19 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = [_quote_numeric_option(o) for o in overrides]
     try:
-        return _compose_raw(list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(explain(e, list(overrides))) from e
+        return _compose_raw(overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(explain(e, overrides)) from e
+
+
+def _quote_numeric_option(override: str) -> str:
+    """``precision=32`` names the option ``32`` of a group; Hydra would read an int and refuse it."""
+    key, eq, value = override.partition("=")
+    if eq and key in GROUPS and value.replace(".", "", 1).isdigit():
+        return f"{key}='{value}'"
+    return override
 
 
 def load(overrides: list[str]) -> DictConfig:

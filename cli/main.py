@@ -262,6 +262,9 @@ def bench(
         check(result)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
+    except Exception as e:  # e.g. trainer=gpu without a GPU: one line, like attn train
+        text = str(e).strip()
+        _fail(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", 1, e, debug)
     typer.echo(json.dumps(result, indent=2) if as_json else table(result))
 
 

@@ -350,6 +350,13 @@ def build(
     if completed and not any(metric in r.metrics for r in completed):
         names = sorted({m for r in completed for m in r.metrics})
         raise ConfigError(f"metric {metric!r} is in no completed run; valid choices: {', '.join(names)}")
+    for option, keys in (("--group-by", group_by), ("--split-by", (split_by,))):
+        for key in keys:
+            if completed and all(r.get(key) is None for r in completed):
+                raise ConfigError(
+                    f"{option} {key!r} is in no run's config; use a dotted config path"
+                    f" or one of {', '.join(ALIASES)}"
+                )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join(shlex.quote(a) for a in ["attn", "report", *sys.argv[2:]])

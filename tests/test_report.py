@@ -134,6 +134,8 @@ def test_bad_report_requests(runs_dir, tmp_path):
         ConfigError, match="metric 'test/bleu' is in no completed run; valid choices: test/acc"
     ):
         build(collect(runs_dir), tmp_path / "r", metric="test/bleu")
+    with pytest.raises(ConfigError, match=r"--group-by 'attn\.kind' is in no run's config; use a dotted"):
+        build(collect(runs_dir), tmp_path / "r", group_by=("attn.kind",))
     with pytest.raises(ConfigError, match="unknown report format 'pdf'"):
         build(collect(runs_dir), tmp_path / "r", formats=("pdf",))
     with pytest.raises(ConfigError, match="no such directory"):
