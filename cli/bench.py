@@ -23,6 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .train import build_data_and_module
+
 
 def _sync(device: Any) -> None:
     import torch
@@ -86,25 +88,6 @@ def train_flops_per_step(cfg: DictConfig, batch: int, length: int) -> float:
     return 3 * batch * forward_flops_per_sequence(cfg.model, cfg.attention, length)
 
 
-def _build(cfg: DictConfig) -> tuple[Any, Any]:
-    from hydra.utils import instantiate
-
-    from .train import _attention_kwargs
-
-    dm = instantiate(cfg.task.datamodule, _convert_="all")
-    dm.setup("fit")
-    module = instantiate(
-        cfg.task.module,
-        _convert_="all",
-        vocab_size=dm.vocab_size,
-        n_classes=dm.n_classes,
-        net=OmegaConf.to_container(cfg.model),
-        attention=_attention_kwargs(cfg),
-        **OmegaConf.to_container(cfg.optim),
-    )
-    return dm, module
-
-
 def _batches(dm: Any) -> Any:
     """An endless iterator over the training loader."""
     while True:
@@ -118,7 +101,7 @@ def plain_loop(cfg: DictConfig, steps: int, warmup: int, device: str = "cpu") ->
     import torch.nn.functional as F
 
     L.seed_everything(cfg.seed, verbose=False)
-    dm, module = _build(cfg)
+    dm, module = build_data_and_module(cfg)
     net = module.net.to(device).train()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     clip = cfg.trainer.gradient_clip_val
@@ -155,7 +138,7 @@ def lightning_loop(cfg: DictConfig, steps: int, warmup: int) -> dict[str, float]
     import lightning as L
 
     L.seed_everything(cfg.seed, verbose=False)
-    dm, module = _build(cfg)
+    dm, module = build_data_and_module(cfg)
     starts: list[float] = []
 
     class Clock(L.Callback):

@@ -322,14 +322,14 @@ def run_trial(sweep_dir: str, tid: str | int, threads: int | None) -> str:
     wall = time.perf_counter() - t0
     if rank != 0:
         return "completed" if code == 0 else "failed"
+    # results.json is the truth: a run that completed stays completed even if its process was
+    # then stopped during teardown (e.g. by the Ctrl-C that also stops the sweep).
     try:
         record = read_record(run_dir / "results.json")
         status, error, duration = record["status"], record["error"], record["duration_s"]
     except ValueError:
         status = "interrupted" if code in (-signal.SIGINT, 130) else "failed"
         error, duration = f"attn train exited with {code}: {_last_line(log)}", None
-    # results.json is the truth: a run that completed stays completed even if its process was
-    # then stopped during teardown (e.g. by the Ctrl-C that also stops the sweep).
     with locked_manifest(root) as m:
         trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
         trial.update(

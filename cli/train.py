@@ -27,9 +27,10 @@ RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "logger.m
 class RunInterrupted(Exception):
     """The run was stopped by a signal after saving its state."""
 
-    def __init__(self, signum: int, step: int) -> None:
-        self.signum, self.step = signum, step
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+    def __init__(self, signum: int, step: int, saved: bool = True) -> None:
+        self.signum, self.step, self.saved = signum, step, saved
+        where = f"at step {step}" if saved else f"while testing, after step {step}"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}")
 
 
 @dataclass
@@ -155,10 +156,8 @@ def _signal_stop_callback(record: RunRecord):
             if self.signum is not None:
                 self.stop(trainer, save=True)
 
-        def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-            if self.signum is not None and not trainer.training:
-                self.stop(trainer, save=False)
-
+        # A signal during validation inside fit waits for the next training batch, so that the
+        # checkpoint holds a consistent loop state; during the final test there is nothing to save.
         def on_test_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
             if self.signum is not None:
                 self.stop(trainer, save=False)
@@ -167,25 +166,17 @@ def _signal_stop_callback(record: RunRecord):
             assert self.signum is not None
             if save:  # mid-epoch state: model, optimiser, schedule, loop progress, loader position
                 trainer.save_checkpoint(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
-            raise RunInterrupted(self.signum, trainer.global_step)
+            raise RunInterrupted(self.signum, trainer.global_step, saved=save)
 
     return SignalStop()
 
 
-def fit_and_test(
-    cfg: DictConfig, run_dir: Path, record: RunRecord, stopper: Any, resume: Resume | None = None
-) -> dict[str, float]:
-    """Seed, build the data and model, fit, test the best checkpoint; returns the test metrics."""
-    import lightning as L
+def build_data_and_module(cfg: DictConfig) -> tuple[Any, Any]:
+    """The task's LightningDataModule (set up for fitting) and LightningModule, from ``cfg``."""
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    container = OmegaConf.to_container(cfg, resolve=True)
     dm = instantiate(cfg.task.datamodule, _convert_="all")
     dm.setup("fit")
-    dm.save(str(run_dir))
     module = instantiate(
         cfg.task.module,
         _convert_="all",
@@ -195,6 +186,21 @@ def fit_and_test(
         attention=_attention_kwargs(cfg),
         **OmegaConf.to_container(cfg.optim),
     )
+    return dm, module
+
+
+def fit_and_test(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, stopper: Any, resume: Resume | None = None
+) -> dict[str, float]:
+    """Seed, build the data and model, fit, test the best checkpoint; returns the test metrics."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    dm, module = build_data_and_module(cfg)
+    dm.save(str(run_dir))
     loggers = _build_loggers(cfg, run_dir, _flatten(container), resume.wandb_id if resume else None)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and record.write:
@@ -262,7 +268,8 @@ def run(cfg: DictConfig, resume: Resume | None = None) -> tuple[dict[str, Any], 
     except RunInterrupted as e:
         record.data["metrics"]["train/steps"] = float(e.step)
         _finish_wandb(128 + e.signum, preempted=True)
-        line = f"{e}; checkpoint saved, resume with: attn train resume={run_dir}"
+        saved = "checkpoint saved" if e.saved else "training had finished"
+        line = f"{e}; {saved}, resume with: attn train resume={run_dir}"
         return record.finish("interrupted", line), e
     except (KeyboardInterrupt, SystemExit) as e:  # a signal before training started or outside our hooks
         code = 128 + (stopper.signum or signal.SIGINT)

@@ -49,4 +49,4 @@ def test_bench_short_mode_json(tmp_path):
     ]
     numbers += [v for v in result["plain"].values()] + [v for v in result["lightning"].values()]
     assert all(math.isfinite(x) and x > 0 for x in numbers), result
-    assert 0 < result["plain"]["mfu"] < 1.5
+    assert result["plain"]["tokens_per_s"] > 0 and result["lightning_over_plain"] > 0
