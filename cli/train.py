@@ -177,11 +177,16 @@ def build_data_and_module(cfg: DictConfig) -> tuple[Any, Any]:
 
     dm = instantiate(cfg.task.datamodule, _convert_="all")
     dm.setup("fit")
+    # A datamodule tells its module about the data (vocabularies, classes); classification's is the default.
+    data = (
+        dm.module_kwargs()
+        if hasattr(dm, "module_kwargs")
+        else {"vocab_size": dm.vocab_size, "n_classes": dm.n_classes}
+    )
     module = instantiate(
         cfg.task.module,
         _convert_="all",
-        vocab_size=dm.vocab_size,
-        n_classes=dm.n_classes,
+        **data,
         net=OmegaConf.to_container(cfg.model),
         attention=_attention_kwargs(cfg),
         **OmegaConf.to_container(cfg.optim),
@@ -233,7 +238,7 @@ def fit_and_test(
         )
     metrics["train/epochs"] = float(trainer.current_epoch)
     metrics["train/steps"] = float(trainer.global_step)
-    if cfg.baseline and trainer.is_global_zero:
+    if cfg.baseline and trainer.is_global_zero and hasattr(dm, "n_classes"):  # classification only
         metrics["test/bow_acc"] = _baseline(dm)
     record.data["best_checkpoint"] = best
     for logger in loggers:

@@ -49,8 +49,8 @@ class AttentionDiagnostics(L.Callback):
         if trainer.sanity_checking or self.batches < 1:
             return
         net = getattr(pl_module, "net", None)
-        if net is None or getattr(net.blocks[0].attn, "kind", None) == "linear":
-            return
+        if not hasattr(net, "blocks") or getattr(net.blocks[0].attn, "kind", None) == "linear":
+            return  # classifiers only (the encoder-decoder has no single stack); linear has no weights
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
         sums: dict[str, Tensor] = {}

@@ -153,7 +153,8 @@ def test_divergence_fails_at_the_step_with_a_hint(fast):
 
 
 def test_non_finite_gradient_is_named():
-    from attn.models.classification import ClassificationModule, TrainingDiverged
+    from attn.models.classification import ClassificationModule
+    from attn.models.training import TrainingDiverged
 
     net = {"d_model": 8, "n_layers": 1, "n_heads": 2, "max_len": 8}
     module = ClassificationModule(20, 2, net=net, attention={"kind": "scaled_dot"})

@@ -1,0 +1,137 @@
+"""Translation of numbers written out in words, generated offline with ``num2words``.
+
+``4321`` gives the pair "four thousand , three hundred and twenty - one" ->
+"quatre mille trois cent vingt et un" (English -> French by default; any ``num2words`` language
+works on either side). Word order, agreement ("quatre-vingts" vs "quatre-vingt-un") and lengths
+differ between the languages, so the model has to align, not copy. Each number is in exactly one
+split (a permutation of ``0 .. max_number - 1`` seeded by ``seed``).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .resumable import eval_loader, train_loader
+from .vocab import Vocabulary
+
+BOS, EOS = "<s>", "</s>"
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case words, with hyphens and commas as tokens of their own."""
+    return re.sub(r"([-,])", r" \1 ", text.lower()).split()
+
+
+def detokenize(tokens: list[str]) -> str:
+    """The inverse of :func:`tokenize` for text written by ``num2words``."""
+    return " ".join(tokens).replace(" - ", "-").replace(" ,", ",")
+
+
+def spell(n: int, lang: str) -> str:
+    """``n`` written out in ``lang``."""
+    from num2words import num2words
+
+    return num2words(n, lang=lang)
+
+
+def encode_pairs(
+    pairs: list[tuple[list[str], list[str]]], src: Vocabulary, tgt: Vocabulary, max_len: int
+) -> TensorDataset:
+    """Padded source ids ``[N, max_len]`` and target ids ``<s> ... </s>`` ``[N, max_len]``."""
+    x = torch.zeros(len(pairs), max_len, dtype=torch.long)
+    y = torch.zeros(len(pairs), max_len, dtype=torch.long)
+    for i, (s, t) in enumerate(pairs):
+        x[i, : len(s)] = torch.tensor(src.encode(s))
+        y[i, : len(t) + 2] = torch.tensor(tgt.encode([BOS, *t, EOS]))
+    return TensorDataset(x, y)
+
+
+class NumberTranslationDataModule(L.LightningDataModule):
+    """Numbers in words, ``source`` -> ``target`` language, disjoint train/val/test numbers."""
+
+    def __init__(
+        self,
+        source: str = "en",
+        target: str = "fr",
+        max_number: int = 10000,
+        n_train: int = 7000,
+        n_val: int = 500,
+        n_test: int = 1000,
+        max_len: int = 24,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if n_train + n_val + n_test > max_number:
+            raise ValueError(
+                f"n_train + n_val + n_test = {n_train + n_val + n_test} numbers do not fit below"
+                f" max_number={max_number}"
+            )
+        self.source, self.target, self.max_number = source, target, max_number
+        self.sizes = {"test": n_test, "val": n_val, "train": n_train}
+        self.max_len, self.batch_size, self.seed, self.num_workers = max_len, batch_size, seed, num_workers
+        self.splits: dict[str, list[tuple[list[str], list[str]]]] = {}
+        self.numbers: dict[str, list[int]] = {}
+        self.datasets: dict[str, TensorDataset] = {}
+        self.src_vocab: Vocabulary | None = None
+        self.tgt_vocab: Vocabulary | None = None
+
+    def prepare_splits(self) -> None:
+        """Spell out the numbers of each split and build the vocabularies (idempotent)."""
+        if self.splits:
+            return
+        order = list(range(self.max_number))
+        random.Random(self.seed).shuffle(order)
+        start = 0
+        for name, size in self.sizes.items():
+            self.numbers[name] = order[start : start + size]
+            start += size
+        for name, numbers in self.numbers.items():
+            pairs = [(tokenize(spell(n, self.source)), tokenize(spell(n, self.target))) for n in numbers]
+            for i, (s, t) in enumerate(pairs):
+                if max(len(s), len(t) + 2) > self.max_len:  # the target also carries <s> and </s>
+                    raise ValueError(
+                        f"{name} example {i} ({numbers[i]}) has {max(len(s), len(t) + 2)} tokens with"
+                        f" <s> and </s>, more than task.datamodule.max_len={self.max_len}"
+                    )
+            self.splits[name] = pairs
+        self.src_vocab = Vocabulary.build(s for s, _ in self.splits["train"])
+        self.tgt_vocab = Vocabulary.build([[BOS, EOS], *(t for _, t in self.splits["train"])])
+        self.datasets = {
+            k: encode_pairs(v, self.src_vocab, self.tgt_vocab, self.max_len) for k, v in self.splits.items()
+        }
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_splits()
+
+    def module_kwargs(self) -> dict:
+        """What the translation module needs to know about the data."""
+        self.prepare_splits()
+        assert self.src_vocab is not None and self.tgt_vocab is not None
+        return {
+            "src_vocab_size": len(self.src_vocab),
+            "tgt_tokens": list(self.tgt_vocab.tokens),
+            "max_target_len": self.max_len,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        data, workers = self.datasets["train"], self.num_workers
+        return train_loader(data, self.batch_size, self.seed, self.trainer, num_workers=workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, num_workers=self.num_workers)
+
+    def save(self, run_dir: str) -> None:
+        """Write both vocabularies next to the run's checkpoints."""
+        if self.src_vocab is not None and self.tgt_vocab is not None:
+            self.src_vocab.save(f"{run_dir}/vocab.src.json")
+            self.tgt_vocab.save(f"{run_dir}/vocab.tgt.json")

@@ -1,0 +1,117 @@
+"""Lightning module for translation: teacher forcing with label smoothing; BLEU and chrF on decoded text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.aggregation import SumMetric
+
+from .seq2seq import Seq2SeqTransformer
+from .training import AttnModule
+
+BOS, EOS = "<s>", "</s>"
+
+
+class TranslationModule(AttnModule):
+    """Trains a :class:`Seq2SeqTransformer`; decodes the test set greedily (``beam=1``) or by beam search.
+
+    Logs ``train/loss``, ``val/loss`` and ``val/token_acc`` (teacher-forced), and on the test split
+    ``test/bleu`` and ``test/chrf`` (sacrebleu, on detokenised text), ``test/exact`` (whole-sentence
+    match rate), ``test/token_acc`` (teacher-forced), ``test/loss`` and ``test/examples``.
+    """
+
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_tokens: list[str],
+        max_target_len: int,
+        net: dict[str, Any],
+        attention: dict[str, Any],
+        label_smoothing: float = 0.1,
+        beam: int = 1,
+        lr: float = 3e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_ratio: float = 0.05,
+        min_lr_ratio: float = 0.05,
+    ) -> None:
+        super().__init__(lr, weight_decay, betas, warmup_ratio, min_lr_ratio)
+        self.save_hyperparameters()
+        self.tgt_tokens = list(tgt_tokens)
+        self.bos, self.eos = self.tgt_tokens.index(BOS), self.tgt_tokens.index(EOS)
+        self.max_target_len, self.beam, self.label_smoothing = max_target_len, beam, label_smoothing
+        self.net = Seq2SeqTransformer(src_vocab_size, len(self.tgt_tokens), attention=attention, **net)
+        self.test_examples = SumMetric()
+        self._hyps: list[str] = []
+        self._refs: list[str] = []
+
+    def _loss_and_acc(self, batch: tuple[Tensor, Tensor], smoothing: float) -> tuple[Tensor, Tensor]:
+        src, tgt = batch
+        logits = self.net(src, tgt[:, :-1])
+        gold = tgt[:, 1:]
+        loss = F.cross_entropy(logits.transpose(1, 2), gold, ignore_index=0, label_smoothing=smoothing)
+        real = gold != 0
+        acc = ((logits.argmax(-1) == gold) & real).sum() / real.sum().clamp_min(1)
+        return loss, acc
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self._loss_and_acc(batch, self.label_smoothing)
+        self.check_loss(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, acc = self._loss_and_acc(batch, 0.0)
+        n = int(batch[0].shape[0])
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("val/token_acc", acc, prog_bar=True, sync_dist=True, batch_size=n)
+
+    def _text(self, ids: Tensor) -> str:
+        from attn.datamodules.numbers import detokenize
+
+        words = []
+        for i in ids.tolist():
+            if i == self.eos or i == 0:
+                break
+            words.append(self.tgt_tokens[i])
+        return detokenize(words)
+
+    def translate(self, src: Tensor) -> list[str]:
+        """Detokenised translations of a batch of source ids."""
+        if self.beam > 1:
+            ids = self.net.beam_search(src, self.bos, self.eos, self.max_target_len, self.beam)
+        else:
+            ids = self.net.greedy(src, self.bos, self.eos, self.max_target_len)
+        return [self._text(row) for row in ids]
+
+    def on_test_epoch_start(self) -> None:
+        self._hyps, self._refs = [], []
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        src, tgt = batch
+        loss, acc = self._loss_and_acc(batch, 0.0)
+        n = int(src.shape[0])
+        self.log("test/loss", loss, sync_dist=True, batch_size=n)
+        self.log("test/token_acc", acc, sync_dist=True, batch_size=n)
+        self._hyps += self.translate(src)
+        self._refs += [self._text(row[1:]) for row in tgt]
+        self.test_examples.update(torch.tensor(float(n)))
+        self.log("test/examples", self.test_examples)
+
+    def on_test_epoch_end(self) -> None:
+        import sacrebleu
+
+        hyps, refs = self._hyps, self._refs
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (hyps, refs))
+            hyps = [h for g in gathered for h in g[0]]
+            refs = [r for g in gathered for r in g[1]]
+        if not hyps:
+            return
+        self.log("test/bleu", sacrebleu.corpus_bleu(hyps, [refs]).score)
+        self.log("test/chrf", sacrebleu.corpus_chrf(hyps, [refs]).score)
+        self.log("test/exact", sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(hyps))
