@@ -19,11 +19,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from .resumable import eval_loader, train_loader
+from .base import SplitDataModule
 from .vocab import Vocabulary
 
 POSITIVE = (
@@ -84,7 +83,7 @@ def encode(examples: Sequence[tuple[list[str], int]], vocab: Vocabulary, max_len
     return TensorDataset(ids, labels)
 
 
-class ContrastDataModule(L.LightningDataModule):
+class ContrastDataModule(SplitDataModule):
     """Generated contrastive reviews (binary sentiment decided by clause order and negation)."""
 
     def __init__(
@@ -130,23 +129,6 @@ class ContrastDataModule(L.LightningDataModule):
         self.prepare_splits()
         assert self.vocab is not None
         return len(self.vocab)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_splits()
-
-    def _workers(self) -> dict:
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(
-            self.datasets["train"], self.batch_size, self.seed, self.trainer, **self._workers()
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, **self._workers())
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, **self._workers())
 
     def save(self, run_dir: str) -> None:
         """Write the vocabulary next to the run's checkpoints."""

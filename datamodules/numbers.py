@@ -12,11 +12,10 @@ from __future__ import annotations
 import random
 import re
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from .resumable import eval_loader, train_loader
+from .base import SplitDataModule
 from .vocab import Vocabulary
 
 BOS, EOS = "<s>", "</s>"
@@ -51,7 +50,7 @@ def encode_pairs(
     return TensorDataset(x, y)
 
 
-class NumberTranslationDataModule(L.LightningDataModule):
+class NumberTranslationDataModule(SplitDataModule):
     """Numbers in words, ``source`` -> ``target`` language, disjoint train/val/test numbers."""
 
     def __init__(
@@ -107,9 +106,6 @@ class NumberTranslationDataModule(L.LightningDataModule):
             k: encode_pairs(v, self.src_vocab, self.tgt_vocab, self.max_len) for k, v in self.splits.items()
         }
 
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_splits()
-
     def module_kwargs(self) -> dict:
         """What the translation module needs to know about the data."""
         self.prepare_splits()
@@ -119,16 +115,6 @@ class NumberTranslationDataModule(L.LightningDataModule):
             "tgt_tokens": list(self.tgt_vocab.tokens),
             "max_target_len": self.max_len,
         }
-
-    def train_dataloader(self) -> DataLoader:
-        data, workers = self.datasets["train"], self.num_workers
-        return train_loader(data, self.batch_size, self.seed, self.trainer, num_workers=workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def save(self, run_dir: str) -> None:
         """Write both vocabularies next to the run's checkpoints."""

@@ -12,11 +12,8 @@ import json
 import random
 from pathlib import Path
 
-import lightning as L
-from torch.utils.data import DataLoader
-
+from .base import SplitDataModule
 from .contrast import encode
-from .resumable import eval_loader, train_loader
 from .vocab import Vocabulary
 
 Example = tuple[list[str], int]
@@ -60,7 +57,7 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
     return rows
 
 
-class TextFileDataModule(L.LightningDataModule):
+class TextFileDataModule(SplitDataModule):
     """Classification data from ``train`` / ``val`` / ``test`` files (``val`` may be held out of train)."""
 
     PATH_KEYS = ("train", "val", "test")  # checked for existence when the config is validated
@@ -151,20 +148,6 @@ class TextFileDataModule(L.LightningDataModule):
         self.prepare_splits()
         assert self.vocab is not None
         return len(self.vocab)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare_splits()
-
-    def train_dataloader(self) -> DataLoader:
-        return train_loader(
-            self.datasets["train"], self.batch_size, self.seed, self.trainer, num_workers=self.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, num_workers=self.num_workers)
 
     def save(self, run_dir: str) -> None:
         """Write the vocabulary next to the run's checkpoints."""

@@ -33,13 +33,9 @@ class ClassificationModule(AttnModule):
         n_classes: int,
         net: dict[str, Any],
         attention: dict[str, Any],
-        lr: float = 3e-3,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.98),
-        warmup_ratio: float = 0.05,
-        min_lr_ratio: float = 0.05,
+        **optim: Any,
     ) -> None:
-        super().__init__(lr, weight_decay, betas, warmup_ratio, min_lr_ratio)
+        super().__init__(**optim)
         self.save_hyperparameters()
         self.net = TextClassifier(vocab_size, n_classes, attention=attention, **net)
         self.val_acc = MulticlassAccuracy(n_classes)

@@ -29,7 +29,8 @@ HINT = "lower optim.lr or raise softmax.temperature; trainer.detect_anomaly=true
 
 
 class AttnModule(L.LightningModule):
-    """Base of attn's task modules; subclasses build ``self.net`` and the steps."""
+    """Base of attn's task modules; subclasses build ``self.net`` and the steps and pass the
+    optimiser settings (the ``optim`` config group) on as keyword arguments."""
 
     def __init__(
         self,

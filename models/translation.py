@@ -32,13 +32,9 @@ class TranslationModule(AttnModule):
         attention: dict[str, Any],
         label_smoothing: float = 0.1,
         beam: int = 1,
-        lr: float = 3e-3,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.98),
-        warmup_ratio: float = 0.05,
-        min_lr_ratio: float = 0.05,
+        **optim: Any,
     ) -> None:
-        super().__init__(lr, weight_decay, betas, warmup_ratio, min_lr_ratio)
+        super().__init__(**optim)
         self.save_hyperparameters()
         self.tgt_tokens = list(tgt_tokens)
         self.bos, self.eos = self.tgt_tokens.index(BOS), self.tgt_tokens.index(EOS)

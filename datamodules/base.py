@@ -1,0 +1,40 @@
+"""What attn's datamodules share: three encoded splits and the loaders over them."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+
+from .resumable import eval_loader, train_loader
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A datamodule whose ``prepare_splits`` fills ``self.datasets`` with ``train``, ``val`` and ``test``.
+
+    Subclasses set ``batch_size``, ``seed`` and ``num_workers``. Training batches come from the
+    resumable, rank-sliced loader; evaluation reads each rank's shard in order.
+    """
+
+    datasets: dict[str, TensorDataset]
+    batch_size: int
+    seed: int
+    num_workers: int
+
+    def prepare_splits(self) -> None:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_splits()
+
+    def _workers(self) -> dict:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.datasets["train"]
+        return train_loader(data, self.batch_size, self.seed, self.trainer, **self._workers())
+
+    def val_dataloader(self) -> DataLoader:
+        return eval_loader(self.datasets["val"], self.batch_size, self.trainer, **self._workers())
+
+    def test_dataloader(self) -> DataLoader:
+        return eval_loader(self.datasets["test"], self.batch_size, self.trainer, **self._workers())
