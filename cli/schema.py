@@ -183,6 +183,11 @@ def _check_target(path: str, node: DictConfig) -> None:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         raise ConfigError(f"{path}._target_={target!r} cannot be imported") from None
+    if hasattr(obj, "check_config"):  # a class's own checks of its settings (e.g. valid languages)
+        try:
+            obj.check_config(path, OmegaConf.to_container(node, resolve=True))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     for key in getattr(obj, "PATH_KEYS", ()):
         value = node.get(key)
         if value is not None and not Path(str(value)).is_file():

@@ -6,6 +6,7 @@ import lightning as L
 from torch.utils.data import DataLoader, TensorDataset
 
 from .resumable import eval_loader, train_loader
+from .vocab import Vocabulary
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -38,3 +39,20 @@ class SplitDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return eval_loader(self.datasets["test"], self.batch_size, self.trainer, **self._workers())
+
+
+class TokenClassificationDataModule(SplitDataModule):
+    """A :class:`SplitDataModule` for classification over one word vocabulary (``self.vocab``)."""
+
+    vocab: Vocabulary | None
+
+    @property
+    def vocab_size(self) -> int:
+        self.prepare_splits()
+        assert self.vocab is not None
+        return len(self.vocab)
+
+    def save(self, run_dir: str) -> None:
+        """Write the vocabulary next to the run's checkpoints."""
+        if self.vocab is not None:
+            self.vocab.save(f"{run_dir}/vocab.json")

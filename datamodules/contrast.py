@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import TensorDataset
 
-from .base import SplitDataModule
+from .base import TokenClassificationDataModule
 from .vocab import Vocabulary
 
 POSITIVE = (
@@ -83,7 +83,7 @@ def encode(examples: Sequence[tuple[list[str], int]], vocab: Vocabulary, max_len
     return TensorDataset(ids, labels)
 
 
-class ContrastDataModule(SplitDataModule):
+class ContrastDataModule(TokenClassificationDataModule):
     """Generated contrastive reviews (binary sentiment decided by clause order and negation)."""
 
     def __init__(
@@ -123,14 +123,3 @@ class ContrastDataModule(SplitDataModule):
         self.splits = splits
         self.vocab = Vocabulary.build(t for t, _ in train)
         self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in splits.items()}
-
-    @property
-    def vocab_size(self) -> int:
-        self.prepare_splits()
-        assert self.vocab is not None
-        return len(self.vocab)
-
-    def save(self, run_dir: str) -> None:
-        """Write the vocabulary next to the run's checkpoints."""
-        if self.vocab is not None:
-            self.vocab.save(f"{run_dir}/vocab.json")

@@ -67,6 +67,7 @@ class NumberTranslationDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        self.check_config("task.datamodule", {"source": source, "target": target})
         if n_train + n_val + n_test > max_number:
             raise ValueError(
                 f"n_train + n_val + n_test = {n_train + n_val + n_test} numbers do not fit below"
@@ -80,6 +81,19 @@ class NumberTranslationDataModule(SplitDataModule):
         self.datasets: dict[str, TensorDataset] = {}
         self.src_vocab: Vocabulary | None = None
         self.tgt_vocab: Vocabulary | None = None
+
+    @staticmethod
+    def check_config(path: str, node: dict) -> None:
+        """Both languages must be ones ``num2words`` writes; ``ValueError`` names the bad one."""
+        from num2words import CONVERTER_CLASSES
+
+        for key in ("source", "target"):
+            lang = node.get(key)
+            if lang not in CONVERTER_CLASSES:
+                choices = ", ".join(sorted(CONVERTER_CLASSES))
+                raise ValueError(
+                    f"{path}.{key}={lang!r} is not a num2words language; valid choices: {choices}"
+                )
 
     def prepare_splits(self) -> None:
         """Spell out the numbers of each split and build the vocabularies (idempotent)."""

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from .base import SplitDataModule
+from .base import TokenClassificationDataModule
 from .contrast import encode
 from .vocab import Vocabulary
 
@@ -57,7 +57,7 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
     return rows
 
 
-class TextFileDataModule(SplitDataModule):
+class TextFileDataModule(TokenClassificationDataModule):
     """Classification data from ``train`` / ``val`` / ``test`` files (``val`` may be held out of train)."""
 
     PATH_KEYS = ("train", "val", "test")  # checked for existence when the config is validated
@@ -142,17 +142,6 @@ class TextFileDataModule(SplitDataModule):
         self.prepare_splits()
         assert self.labels is not None
         return list(self.labels)
-
-    @property
-    def vocab_size(self) -> int:
-        self.prepare_splits()
-        assert self.vocab is not None
-        return len(self.vocab)
-
-    def save(self, run_dir: str) -> None:
-        """Write the vocabulary next to the run's checkpoints."""
-        if self.vocab is not None:
-            self.vocab.save(f"{run_dir}/vocab.json")
 
 
 def _label_order(label: str) -> tuple[int, int | str]:

@@ -31,6 +31,12 @@ def test_splits_are_disjoint_deterministic_and_shaped():
     assert x.shape == (250, 24) and y.shape == (250, 24)
     bos, eos = a.tgt_vocab.index["<s>"], a.tgt_vocab.index["</s>"]
     assert (y[:, 0] == bos).all() and ((y == eos).sum(1) == 1).all()
+    from attn.cli.schema import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"task.datamodule.target='xx' is not a num2words language; valid choices: "
+    ):
+        load(["task=translation", "task.datamodule.target=xx"])
     with pytest.raises(ValueError, match="do not fit below max_number=400"):
         NumberTranslationDataModule(**{**TINY_DATA, "n_train": 390})
 
