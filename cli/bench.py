@@ -167,8 +167,14 @@ def bench(
     """Every measurement of ``attn bench`` as one JSON-ready dictionary."""
     import torch
 
-    from .schema import cpu_has_bf16
+    from .schema import ConfigError, cpu_has_bf16
 
+    target = str(cfg.task.module._target_)
+    if not target.endswith(".ClassificationModule"):  # the FLOP count models the text classifier
+        raise ConfigError(
+            f"attn bench measures text classification tasks; task={cfg.task.name} ({target}) is not"
+            " supported yet; valid choices: classification, fortunes, text_files, imdb, ag_news, sst2"
+        )
     device = "cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu"
     batch, length = cfg.task.datamodule.batch_size, cfg.task.datamodule.max_len
     peaks = {"float32": matmul_peak("float32", matmul_n, device=device)}

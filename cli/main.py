@@ -167,7 +167,14 @@ def report(
     path: Annotated[
         str | None, typer.Argument(help="A sweep or runs directory (default: runs).", show_default=False)
     ] = None,
-    metric: Annotated[str, typer.Option("--metric", help="Metric that ranks configurations.")] = "test/acc",
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric",
+            help="Metric that ranks configurations (default: test/acc; tasks without it: test/bleu).",
+            show_default=False,
+        ),
+    ] = None,
     formats: Annotated[str, typer.Option("--format", help="Comma-separated: md, html, csv.")] = "md,html,csv",
     group_by: Annotated[
         str,

@@ -78,7 +78,8 @@ def _curve(run_dir: str, key: str) -> dict[int, float]:
 def learning_curves(
     groups: list[Group], group_by: tuple[str, ...], metric: str, path: Path, title: str
 ) -> Path | None:
-    """Validation accuracy per epoch, mean over seeds, for the best group of each attention kind."""
+    """The task's monitored validation metric (``task.monitor``, e.g. ``val/acc``) per epoch, mean over
+    seeds, for the best group of each attention kind."""
     from .report import lower_is_better
 
     sign = -1 if lower_is_better(metric) else 1
@@ -92,8 +93,10 @@ def learning_curves(
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drawn = 0
+    monitor = "val/acc"
     for _, g in sorted(best.items(), key=lambda kv: str(kv[0])):
-        curves = [c for c in (_curve(r.run_dir, "val/acc") for r in g.runs) if c]
+        monitor = str((g.runs[0].config.get("task") or {}).get("monitor") or "val/acc")
+        curves = [c for c in (_curve(r.run_dir, monitor) for r in g.runs) if c]
         if not curves:
             continue
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
@@ -106,7 +109,7 @@ def learning_curves(
         plt.close(fig)
         return None
     ax.set_xlabel("epoch")
-    ax.set_ylabel("val/acc (mean over seeds)")
+    ax.set_ylabel(f"{monitor} (mean over seeds)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -145,7 +148,13 @@ def heatmaps(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[st
         for g in gs:
             s = g.stats.get(metric)
             kind = g.key[ai] if ai is not None else "all"
-            candidates = [r for r in g.runs if r.metrics.get(metric) is not None and _checkpoint(r)]
+            candidates = [
+                r
+                for r in g.runs
+                if r.metrics.get(metric) is not None
+                and _checkpoint(r)
+                and (Path(r.run_dir) / "vocab.json").exists()
+            ]  # token classifiers only
             if s is None or not candidates:
                 continue
             r = max(candidates, key=lambda r: sign * r.metrics[metric])
@@ -208,13 +217,14 @@ def draw_all(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[st
     images: dict[str, list[Path]] = {}
     for split, gs in groups.items():
         slug = "".join(c if c.isalnum() else "_" for c in split)
+        m = gs[0].metric if gs and gs[0].metric else metric  # the task's ranking metric
         paths = [
-            vs_temperature(gs, group_by, metric, out / f"{slug}_{metric.replace('/', '_')}_vs_T.png",
-                           f"{split}: {metric} vs temperature"),
+            vs_temperature(gs, group_by, m, out / f"{slug}_{m.replace('/', '_')}_vs_T.png",
+                           f"{split}: {m} vs temperature"),
             vs_temperature(gs, group_by, "test/ece", out / f"{slug}_ece_vs_T.png",
                            f"{split}: calibration error vs temperature")
-            if metric != "test/ece" else None,
-            learning_curves(gs, group_by, metric, out / f"{slug}_learning_curves.png",
+            if m != "test/ece" and any("test/ece" in g.stats for g in gs) else None,
+            learning_curves(gs, group_by, m, out / f"{slug}_learning_curves.png",
                             f"{split}: learning curves (best setting per kind)"),
         ]  # fmt: skip
         images[split] = [p for p in paths if p is not None]

@@ -104,6 +104,25 @@ class Group:
     best: bool = False
     tied: bool = False  # not significantly different from the best (Welch p >= 0.05)
     p_value: float | None = None
+    metric: str = ""  # the metric that ranks this task's groups
+
+
+# A task without the chosen metric is ranked by the first of these it has (translation: BLEU).
+PRIMARY_METRICS = ("test/acc", "test/bleu")
+
+
+def ranking_metric(present: set[str], metric: str) -> str:
+    """``metric`` if the task logs it, else the task's primary metric (``PRIMARY_METRICS``)."""
+    if metric in present:
+        return metric
+    return next((m for m in PRIMARY_METRICS if m in present), metric)
+
+
+def split_metrics(groups: list[Group]) -> list[str]:
+    """One task's metric columns: its ranking metric first, then its other test metrics."""
+    present = sorted({m for g in groups for m in g.stats if m.startswith("test/")})
+    ranking = groups[0].metric if groups else ""
+    return [ranking, *[m for m in present if m != ranking]] if ranking else present
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,14 +258,17 @@ def aggregate(
                 Group(split, key, members, stats, sum(durations) / len(durations) if durations else None)
             )
         rows.sort(key=lambda g: tuple(_sortable(k) for k in g.key))
-        scored = [g for g in rows if metric in g.stats]
+        ranked_by = ranking_metric({m for g in rows for m in g.stats}, metric)
+        for g in rows:
+            g.metric = ranked_by
+        scored = [g for g in rows if ranked_by in g.stats]
         if scored:
-            sign = -1 if lower_is_better(metric) else 1
-            best = max(scored, key=lambda g: sign * g.stats[metric].mean)
+            sign = -1 if lower_is_better(ranked_by) else 1
+            best = max(scored, key=lambda g: sign * g.stats[ranked_by].mean)
             best.best = True
             for g in scored:
                 if g is not best:
-                    g.p_value = _welch_p(best.stats[metric], g.stats[metric])
+                    g.p_value = _welch_p(best.stats[ranked_by], g.stats[ranked_by])
                     g.tied = not math.isnan(g.p_value) and g.p_value >= ALPHA
         out[split] = rows
     return out
@@ -333,7 +355,7 @@ def build(
     runs: list[Run],
     out_dir: str | Path,
     *,
-    metric: str = "test/acc",
+    metric: str | None = None,
     group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
     split_by: str = "task",
     formats: tuple[str, ...] = FORMATS,
@@ -347,7 +369,7 @@ def build(
     completed = [r for r in runs if r.status == "completed"]
     if not runs:
         raise ConfigError("no runs found (no results.json or sweep.json)")
-    if completed and not any(metric in r.metrics for r in completed):
+    if metric is not None and completed and not any(metric in r.metrics for r in completed):
         names = sorted({m for r in completed for m in r.metrics})
         raise ConfigError(f"metric {metric!r} is in no completed run; valid choices: {', '.join(names)}")
     for option, keys in (("--group-by", group_by), ("--split-by", (split_by,))):
@@ -360,6 +382,7 @@ def build(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join(shlex.quote(a) for a in ["attn", "report", *sys.argv[2:]])
+    metric = metric or PRIMARY_METRICS[0]  # tasks without it are ranked by their own primary metric
     groups = aggregate(runs, metric, group_by, split_by)
     metrics = report_metrics(runs, metric)
     problems = [r for r in runs if r.status != "completed"]
@@ -426,11 +449,17 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
     lines = ["# attn report", "", f"Generated {now_iso()} by `{rep.command}`.", "", _counts(rep) + ".", ""]
     lines += [
         f"Cells: mean ± sample std [95% t-interval] of the completed runs (seeds). best: best mean of"
-        f" `{rep.metrics[0]}` per task; ≈ best: Welch's t-test against the best gives p ≥ {ALPHA}.",
+        f" the task's ranking metric (`{rep.metrics[0]}`, else {' or '.join(PRIMARY_METRICS)}; first"
+        f" column); ≈ best: Welch's t-test against the best gives p ≥ {ALPHA}.",
         "",
     ]
     for split, groups in rep.groups.items():
-        lines += [f"## task: {split}", "", _markdown_table(table_rows(groups, group_by, rep.metrics)), ""]
+        lines += [
+            f"## task: {split}",
+            "",
+            _markdown_table(table_rows(groups, group_by, split_metrics(groups))),
+            "",
+        ]
         for img in images.get(split, []):
             lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
         lines.append("")
@@ -458,8 +487,8 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         "</head><body><h1>attn report</h1>",
         f"<p>Generated {html.escape(now_iso())} by <code>{html.escape(rep.command)}</code>.</p>",
         f"<p>{html.escape(_counts(rep))}. Cells: mean ± sample std [95% t-interval] over seeds; green:"
-        f" best mean of <code>{html.escape(rep.metrics[0])}</code>; light green: Welch p ≥ {ALPHA} against"
-        " it.</p>",
+        f" best mean of the task's ranking metric (first column: <code>{html.escape(rep.metrics[0])}</code>,"
+        f" else {' or '.join(PRIMARY_METRICS)}); light green: Welch p ≥ {ALPHA} against it.</p>",
     ]
 
     def img_tag(path: Path) -> str:
@@ -469,7 +498,7 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
     for split, groups in rep.groups.items():
         marks = ["best" if g.best else ("tied" if g.tied else "") for g in groups]
         parts.append(f"<h2>task: {html.escape(split)}</h2>")
-        parts.append(_html_table(table_rows(groups, group_by, rep.metrics), marks))
+        parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups)), marks))
         parts += [img_tag(p) for p in images.get(split, [])]
     parts += [img_tag(p) for p in images.get("", [])]
     if rep.problems:
@@ -495,6 +524,7 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
             split: [
                 {
                     **dict(zip(group_by, g.key, strict=True)),
+                    "ranked_by": g.metric,
                     "best": g.best,
                     "tied": g.tied,
                     "p_vs_best": num(g.p_value),

@@ -100,11 +100,17 @@ def _attention_kwargs(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _baseline(dm: Any) -> float:
-    from attn.models.baseline import bow_logistic_regression
+def _baseline(dm: Any) -> dict[str, float]:
+    """The order-blind baseline of the task, fitted on its train split and scored on test."""
+    from attn.models.baseline import bag_of_frames, bow_logistic_regression, logistic_regression
 
     train, test = dm.datasets["train"].tensors, dm.datasets["test"].tensors
-    return bow_logistic_regression(train, test, dm.vocab_size, dm.n_classes)
+    if hasattr(dm, "vocab_size"):  # text: token counts
+        return {"test/bow_acc": bow_logistic_regression(train[:2], test[:2], dm.vocab_size, dm.n_classes)}
+    if train[0].dim() == 3 and train[0].is_floating_point():  # speech: feature frames
+        xy = [(bag_of_frames(split[0]), split[1]) for split in (train, test)]
+        return {"test/bof_acc": logistic_regression(xy[0], xy[1], dm.n_classes)}
+    return {}
 
 
 def _finish_wandb(exit_code: int, preempted: bool = False) -> None:
@@ -238,8 +244,8 @@ def fit_and_test(
         )
     metrics["train/epochs"] = float(trainer.current_epoch)
     metrics["train/steps"] = float(trainer.global_step)
-    if cfg.baseline and trainer.is_global_zero and hasattr(dm, "n_classes"):  # classification only
-        metrics["test/bow_acc"] = _baseline(dm)
+    if cfg.baseline and trainer.is_global_zero and hasattr(dm, "n_classes"):  # classification tasks
+        metrics.update(_baseline(dm))
     record.data["best_checkpoint"] = best
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":

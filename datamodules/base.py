@@ -42,9 +42,21 @@ class SplitDataModule(L.LightningDataModule):
 
 
 class TokenClassificationDataModule(SplitDataModule):
-    """A :class:`SplitDataModule` for classification over one word vocabulary (``self.vocab``)."""
+    """A :class:`SplitDataModule` for classification over one word vocabulary (``self.vocab``) into the
+    classes ``self.labels`` (known once the splits are prepared)."""
 
     vocab: Vocabulary | None
+    labels: list[str] | None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def label_names(self) -> list[str]:
+        self.prepare_splits()
+        assert self.labels is not None
+        return list(self.labels)
 
     @property
     def vocab_size(self) -> int:
@@ -56,3 +68,27 @@ class TokenClassificationDataModule(SplitDataModule):
         """Write the vocabulary next to the run's checkpoints."""
         if self.vocab is not None:
             self.vocab.save(f"{run_dir}/vocab.json")
+
+
+class PairDataModule(SplitDataModule):
+    """A :class:`SplitDataModule` of (source, target) token pairs with one vocabulary per side."""
+
+    src_vocab: Vocabulary | None
+    tgt_vocab: Vocabulary | None
+    max_len: int
+
+    def module_kwargs(self) -> dict:
+        """What the translation module needs to know about the data."""
+        self.prepare_splits()
+        assert self.src_vocab is not None and self.tgt_vocab is not None
+        return {
+            "src_vocab_size": len(self.src_vocab),
+            "tgt_tokens": list(self.tgt_vocab.tokens),
+            "max_target_len": self.max_len,
+        }
+
+    def save(self, run_dir: str) -> None:
+        """Write both vocabularies next to the run's checkpoints."""
+        if self.src_vocab is not None and self.tgt_vocab is not None:
+            self.src_vocab.save(f"{run_dir}/vocab.src.json")
+            self.tgt_vocab.save(f"{run_dir}/vocab.tgt.json")

@@ -103,8 +103,7 @@ class ContrastDataModule(TokenClassificationDataModule):
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.max_len, self.batch_size, self.seed = max_len, batch_size, seed
         self.num_workers = num_workers
-        self.n_classes = len(LABELS)
-        self.label_names = list(LABELS)
+        self.labels = list(LABELS)
         self.vocab: Vocabulary | None = None
         self.splits: dict[str, list[tuple[list[str], int]]] = {}
         self.datasets: dict[str, TensorDataset] = {}

@@ -15,7 +15,7 @@ import re
 import torch
 from torch.utils.data import TensorDataset
 
-from .base import SplitDataModule
+from .base import PairDataModule
 from .vocab import Vocabulary
 
 BOS, EOS = "<s>", "</s>"
@@ -24,11 +24,6 @@ BOS, EOS = "<s>", "</s>"
 def tokenize(text: str) -> list[str]:
     """Lower-case words, with hyphens and commas as tokens of their own."""
     return re.sub(r"([-,])", r" \1 ", text.lower()).split()
-
-
-def detokenize(tokens: list[str]) -> str:
-    """The inverse of :func:`tokenize` for text written by ``num2words``."""
-    return " ".join(tokens).replace(" - ", "-").replace(" ,", ",")
 
 
 def spell(n: int, lang: str) -> str:
@@ -50,7 +45,7 @@ def encode_pairs(
     return TensorDataset(x, y)
 
 
-class NumberTranslationDataModule(SplitDataModule):
+class NumberTranslationDataModule(PairDataModule):
     """Numbers in words, ``source`` -> ``target`` language, disjoint train/val/test numbers."""
 
     def __init__(
@@ -119,19 +114,3 @@ class NumberTranslationDataModule(SplitDataModule):
         self.datasets = {
             k: encode_pairs(v, self.src_vocab, self.tgt_vocab, self.max_len) for k, v in self.splits.items()
         }
-
-    def module_kwargs(self) -> dict:
-        """What the translation module needs to know about the data."""
-        self.prepare_splits()
-        assert self.src_vocab is not None and self.tgt_vocab is not None
-        return {
-            "src_vocab_size": len(self.src_vocab),
-            "tgt_tokens": list(self.tgt_vocab.tokens),
-            "max_target_len": self.max_len,
-        }
-
-    def save(self, run_dir: str) -> None:
-        """Write both vocabularies next to the run's checkpoints."""
-        if self.src_vocab is not None and self.tgt_vocab is not None:
-            self.src_vocab.save(f"{run_dir}/vocab.src.json")
-            self.tgt_vocab.save(f"{run_dir}/vocab.tgt.json")

@@ -1,5 +1,6 @@
-"""Text classification from your own files: TSV (``label<TAB>text``) or JSON Lines
-(``{"text": ..., "label": ...}``), one example per line, whitespace tokens.
+"""Text classification from your own files: TSV (``label<TAB>text``), CSV with a header naming
+``text`` and ``label`` columns, or JSON Lines (``{"text": ..., "label": ...}``), one example per
+line (CSV: per record), whitespace tokens.
 
 Every problem with the data is found before training starts and reported in one line that names
 the file and the line: a missing or unreadable file, an empty split, a label outside the classes,
@@ -8,6 +9,8 @@ a sentence longer than ``max_len`` (unless ``truncate``).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -24,18 +27,20 @@ class DataError(ValueError):
 
 
 def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[str], str, int]]:
-    """``(tokens, raw label, line number)`` per non-empty line of a ``.tsv`` or ``.jsonl`` file."""
+    """``(tokens, raw label, line number)`` per non-empty line of a ``.tsv``, ``.csv`` or ``.jsonl`` file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix not in (".tsv", ".jsonl"):
-        raise DataError(f"{path}: unknown format {path.suffix!r}; valid choices: .tsv, .jsonl")
+    if path.suffix not in (".tsv", ".csv", ".jsonl"):
+        raise DataError(f"{path}: unknown format {path.suffix!r}; valid choices: .tsv, .csv, .jsonl")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        content = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable ({e})") from None
+    if path.suffix == ".csv":
+        return _read_csv(path, content, lowercase)
     rows = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         if path.suffix == ".tsv":
@@ -52,6 +57,31 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
         if not tokens:
             raise DataError(f"{path}:{number}: empty text")
         rows.append((tokens, str(label).strip(), number))
+    if not rows:
+        raise DataError(f"{path}: no examples (empty split)")
+    return rows
+
+
+def _read_csv(path: Path, content: str, lowercase: bool) -> list[tuple[list[str], str, int]]:
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    columns = reader.fieldnames or []
+    if "text" not in columns or "label" not in columns:
+        raise DataError(
+            f"{path}:1: the header must name 'text' and 'label' columns; found: {', '.join(columns)}"
+        )
+    rows = []
+    try:
+        for record in reader:
+            number = reader.line_num
+            text, label = record.get("text"), record.get("label")
+            if text is None or label is None:
+                raise DataError(f"{path}:{number}: missing the 'text' or 'label' field")
+            tokens = (text.lower() if lowercase else text).split()
+            if not tokens:
+                raise DataError(f"{path}:{number}: empty text")
+            rows.append((tokens, label.strip(), number))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}") from None
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return rows
@@ -130,18 +160,6 @@ class TextFileDataModule(TokenClassificationDataModule):
         self.splits = splits
         self.vocab = Vocabulary.build(t for t, _ in splits["train"])
         self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in splits.items()}
-
-    @property
-    def n_classes(self) -> int:
-        self.prepare_splits()
-        assert self.labels is not None
-        return len(self.labels)
-
-    @property
-    def label_names(self) -> list[str]:
-        self.prepare_splits()
-        assert self.labels is not None
-        return list(self.labels)
 
 
 def _label_order(label: str) -> tuple[int, int | str]:

@@ -1,4 +1,5 @@
-"""Bag-of-words logistic regression: the order-blind baseline every task is measured against."""
+"""Order-blind baselines: logistic regression on a bag of words (text) or on the per-utterance mean and
+standard deviation of the feature frames (speech, a "bag of frames")."""
 
 from __future__ import annotations
 
@@ -15,18 +16,27 @@ def bag_of_words(ids: Tensor, vocab_size: int) -> Tensor:
     return counts
 
 
-def bow_logistic_regression(
+def bag_of_frames(frames: Tensor) -> Tensor:
+    """Mean and standard deviation over time of ``[N, T, F]`` frames: ``[N, 2F]``."""
+    return torch.cat([frames.mean(1), frames.std(1)], dim=-1)
+
+
+def logistic_regression(
     train: tuple[Tensor, Tensor],
     test: tuple[Tensor, Tensor],
-    vocab_size: int,
     n_classes: int,
     *,
     l2: float = 1e-3,
     steps: int = 100,
+    standardize: bool = True,
 ) -> float:
-    """Test accuracy of an L2-regularised multinomial logistic regression on token counts."""
-    x_tr, x_te = bag_of_words(train[0], vocab_size), bag_of_words(test[0], vocab_size)
-    w = torch.zeros(vocab_size, n_classes, requires_grad=True)
+    """Test accuracy of an L2-regularised multinomial logistic regression on feature rows ``[N, D]``
+    (standardised with the training split's statistics unless ``standardize=False``)."""
+    x_tr, x_te = train[0], test[0]
+    if standardize:
+        mean, std = x_tr.mean(0), x_tr.std(0).clamp_min(1e-6)
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+    w = torch.zeros(x_tr.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
 
@@ -39,3 +49,19 @@ def bow_logistic_regression(
     opt.step(closure)
     with torch.no_grad():
         return ((x_te @ w + b).argmax(-1) == test[1]).float().mean().item()
+
+
+def bow_logistic_regression(
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    vocab_size: int,
+    n_classes: int,
+    *,
+    l2: float = 1e-3,
+    steps: int = 100,
+) -> float:
+    """Test accuracy of :func:`logistic_regression` on token counts of padded ids ``[N, L]``."""
+    x_tr, x_te = bag_of_words(train[0], vocab_size), bag_of_words(test[0], vocab_size)
+    return logistic_regression(
+        (x_tr, train[1]), (x_te, test[1]), n_classes, l2=l2, steps=steps, standardize=False
+    )

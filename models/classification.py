@@ -38,6 +38,10 @@ class ClassificationModule(AttnModule):
         super().__init__(**optim)
         self.save_hyperparameters()
         self.net = TextClassifier(vocab_size, n_classes, attention=attention, **net)
+        self.init_metrics(n_classes)
+
+    def init_metrics(self, n_classes: int) -> None:
+        """Validation accuracy and the test metrics (accuracy, macro-F1, 15-bin ECE, examples)."""
         self.val_acc = MulticlassAccuracy(n_classes)
         self.test_metrics = MetricCollection(
             {

@@ -58,19 +58,20 @@ class AttentionDiagnostics(L.Callback):
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            for i, (ids, _) in enumerate(loader):
+            for i, (inputs, _) in enumerate(loader):
                 if i >= self.batches:
                     break
-                ids = ids.to(pl_module.device)
-                _, weights = net(ids, need_weights=True)
+                inputs = inputs.to(pl_module.device)
+                _, weights = net(inputs, need_weights=True)
+                keep = net.padding_mask(inputs)  # [B, L] real (not padded) positions
                 for layer, w in enumerate(weights[:-1]):  # the last entry is the pooling attention
-                    for stat, per_head in attention_stats(w, ids != 0).items():
+                    for stat, per_head in attention_stats(w, keep).items():
                         for head, value in enumerate(per_head):
                             key = f"attn/l{layer}h{head}/{stat}"
                             sums[key] = sums.get(key, 0.0) + value
                 if first is None:
                     first = [w[0].mean(0).cpu() for w in weights[:-1]]
-                    n_real = int((ids[0] != 0).sum())
+                    n_real = int(keep[0].sum())
         net.train(was_training)
         n = min(self.batches, len(loader))
         if sums:

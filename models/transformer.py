@@ -103,11 +103,15 @@ class TextClassifier(nn.Module):
         self.pool = AttentionPooling(d_model)
         self.head = nn.Linear(d_model, n_classes)
 
+    def padding_mask(self, ids: Tensor) -> Tensor:
+        """``[B, L]`` True at real tokens, False at padding (id 0)."""
+        return ids != 0
+
     def forward(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
         """Logits ``[B, n_classes]`` and, per layer, the attention weights (``None`` unless asked)."""
         if ids.shape[1] > self.max_len:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds model.max_len={self.max_len}")
-        pad = ids != 0
+        pad = self.padding_mask(ids)
         x = self.drop(self.embed(ids) + self.positions[: ids.shape[1]])
         mask = pad[:, None, None, :]
         weights = []

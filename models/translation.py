@@ -43,9 +43,10 @@ class TranslationModule(AttnModule):
         self.test_examples = SumMetric()
         self._hyps: list[str] = []
         self._refs: list[str] = []
+        self._references: list[str] | None = None
 
-    def _loss_and_acc(self, batch: tuple[Tensor, Tensor], smoothing: float) -> tuple[Tensor, Tensor]:
-        src, tgt = batch
+    def _loss_and_acc(self, batch: tuple[Tensor, ...], smoothing: float) -> tuple[Tensor, Tensor]:
+        src, tgt = batch[0], batch[1]
         logits = self.net(src, tgt[:, :-1])
         gold = tgt[:, 1:]
         loss = F.cross_entropy(logits.transpose(1, 2), gold, ignore_index=0, label_smoothing=smoothing)
@@ -66,7 +67,7 @@ class TranslationModule(AttnModule):
         self.log("val/token_acc", acc, prog_bar=True, sync_dist=True, batch_size=n)
 
     def _text(self, ids: Tensor) -> str:
-        from attn.datamodules.numbers import detokenize
+        from attn.datamodules.vocab import detokenize
 
         words = []
         for i in ids.tolist():
@@ -85,15 +86,22 @@ class TranslationModule(AttnModule):
 
     def on_test_epoch_start(self) -> None:
         self._hyps, self._refs = [], []
+        # Real corpora score against the original sentences (a third batch entry is the row index);
+        # generated data against the detokenised target ids.
+        dm = getattr(self.trainer, "datamodule", None)
+        self._references = dm.test_references() if hasattr(dm, "test_references") else None
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        src, tgt = batch
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        src, tgt = batch[0], batch[1]
         loss, acc = self._loss_and_acc(batch, 0.0)
         n = int(src.shape[0])
         self.log("test/loss", loss, sync_dist=True, batch_size=n)
         self.log("test/token_acc", acc, sync_dist=True, batch_size=n)
         self._hyps += self.translate(src)
-        self._refs += [self._text(row[1:]) for row in tgt]
+        if self._references is not None and len(batch) == 3:
+            self._refs += [self._references[i] for i in batch[2].tolist()]
+        else:
+            self._refs += [self._text(row[1:]) for row in tgt]
         self.test_examples.update(torch.tensor(float(n)))
         self.log("test/examples", self.test_examples)
 

@@ -1,12 +1,20 @@
 """Test defaults: W&B disabled, runs written under a temporary directory, never the network."""
 
+import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("ATTN_RUN_DIR", None)
+# Hugging Face libraries never touch the network; their caches and attn's feature cache live in a
+# directory of this test session (shared by its tests, so eSpeak synthesis runs once per config).
+_SESSION = tempfile.mkdtemp(prefix="attn-tests-")
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=f"{_SESSION}/hf",
+                  ATTN_CACHE_DIR=f"{_SESSION}/cache")  # fmt: skip
 
 # Tiny, fast settings shared by the in-process training tests.
 FAST = [
@@ -32,3 +40,28 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ATTN_RUN_DIR", raising=False)
     yield
+
+
+@pytest.fixture
+def hub_repo(tmp_path):
+    """Writes a local Hugging Face data set repository in the hub's parquet layout (README configs,
+    ``<config>/<split>-00000-of-00001.parquet`` with the features in the parquet metadata) and
+    returns its path, which ``datasets.load_dataset`` reads like a hub id."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+
+    def make(name: str, config: str, features, splits: dict[str, dict[str, list]]) -> str:
+        root = tmp_path / name
+        lines = ["---", "configs:", f"- config_name: {config}", "  data_files:"]
+        for split, columns in splits.items():
+            (root / config).mkdir(parents=True, exist_ok=True)
+            table = pa.table({k: pa.array(v) for k, v in columns.items()})
+            meta = {"huggingface": json.dumps({"info": {"features": features.to_dict()}})}
+            pq.write_table(
+                table.replace_schema_metadata(meta), root / config / f"{split}-00000-of-00001.parquet"
+            )
+            lines += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+        Path(root / "README.md").write_text("\n".join([*lines, "---", ""]))
+        return str(root)
+
+    return make

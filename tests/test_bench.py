@@ -50,3 +50,14 @@ def test_bench_short_mode_json(tmp_path):
     numbers += [v for v in result["plain"].values()] + [v for v in result["lightning"].values()]
     assert all(math.isfinite(x) and x > 0 for x in numbers), result
     assert result["plain"]["tokens_per_s"] > 0 and result["lightning_over_plain"] > 0
+
+
+def test_bench_refuses_tasks_its_flop_count_does_not_model():
+    from attn.cli.bench import bench
+    from attn.cli.schema import ConfigError
+
+    for task in ("translation", "speech"):
+        with pytest.raises(
+            ConfigError, match=rf"task={task} .* is not supported yet; valid choices: classification"
+        ):
+            bench(load([f"task={task}"]))

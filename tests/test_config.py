@@ -19,10 +19,16 @@ def test_defaults_compose():
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_group_option_composes(group, option, tmp_path):
     overrides = [f"{group}={option}"]
-    if (group, option) == ("task", "text_files"):
+    if (group, option) in (("task", "text_files"), ("task", "translation_files")):
         for split in ("train", "test"):
             (tmp_path / f"{split}.tsv").write_text("pos\tgood\nneg\tbad\n")
             overrides.append(f"task.datamodule.{split}={tmp_path / f'{split}.tsv'}")
+    if (group, option) == ("task", "speech_folder"):
+        overrides.append(f"task.datamodule.path={tmp_path}")
+    if (group, option) == ("task", "fortunes"):  # the files of Debian's `fortunes` package, in its format
+        for topic in ("computers", "politics", "science", "songs-poems", "work"):
+            (tmp_path / topic).write_text("a quotation\n%\nanother one\n%\n")
+        overrides.append(f"task.datamodule.path={tmp_path}")
     if group == "softmax" and option != "softmax":
         overrides.append("attention=scaled_dot")
     cfg = load(overrides)
@@ -49,7 +55,7 @@ def test_typed_values():
 BAD = [
     ("attention=foo", "unknown attention 'foo'", "valid choices: additive, dot, general"),
     ("softmax=softmax2", "unknown softmax 'softmax2'", "valid choices: entmax15, softmax, softmax1"),
-    ("task=vision", "unknown task 'vision'", "valid choices: classification"),
+    ("task=vision", "unknown task 'vision'", "valid choices: ag_news, classification, fortunes"),
     ("trainer.max_epoch=3", "unknown config key 'trainer.max_epoch'", "did you mean 'max_epochs'"),
     ("atention=dot", "unknown config key 'atention'", "did you mean 'attention'"),
     ("model.d_modle=3", "unknown config key 'model.d_modle'", "valid keys under 'model'"),

@@ -34,7 +34,7 @@ def fake_run(root: Path, name: str, attention: str, temperature: float, seed: in
             "softmax": {"name": "softmax", "temperature": temperature},
             "seed": seed,
         },
-        "metrics": {"test/acc": acc, "test/ece": 1 - acc}
+        "metrics": kw.get("metrics", {"test/acc": acc, "test/ece": 1 - acc})
         if kw.get("status", "completed") == "completed"
         else {},
         "best_checkpoint": None,
@@ -174,10 +174,19 @@ def test_html_renders_in_headless_chromium(runs_dir, tmp_path):
     build(collect(runs_dir), runs_dir / "report", command="attn report sweep")
     png = tmp_path / "page.png"
     out = subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
-         "--window-size=1200,1600", (runs_dir / "report" / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={png}",
+            "--window-size=1200,1600",
+            (runs_dir / "report" / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     head = png.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
@@ -204,3 +213,30 @@ def test_report_end_to_end_on_the_smoke_sweep(tmp_path):
         p.name for p in report.iterdir()
     }
     assert "data:image/png;base64," in (report / "report.html").read_text()
+
+
+def test_tasks_without_the_metric_are_ranked_by_their_own(runs_dir, tmp_path):
+    for seed, (dot, additive) in enumerate([(90.0, 95.0), (91.0, 96.0), (92.0, 97.0)]):
+        for kind, bleu in (("dot", dot), ("additive", additive)):
+            metrics = {"test/bleu": bleu, "test/chrf": bleu - 5, "test/loss": 1.0}
+            fake_run(
+                runs_dir / "trials",
+                f"mt-{kind}-{seed}",
+                kind,
+                1.0,
+                seed,
+                0.0,
+                task="translation",
+                metrics=metrics,
+            )
+    rep = build(collect(runs_dir), tmp_path / "r", formats=("md",), plots=False)
+    assert rep.metrics[0] == "test/acc"
+    best = {split: [g for g in gs if g.best] for split, gs in rep.groups.items()}
+    assert best["classification"][0].key[0] == "scaled_dot" and best["classification"][0].metric == "test/acc"
+    assert best["translation"][0].key[0] == "additive" and best["translation"][0].metric == "test/bleu"
+    md = (tmp_path / "r" / "report.md").read_text()
+    translation = md[md.index("## task: translation") :]
+    assert translation.splitlines()[2].startswith("| attention | softmax | temperature | n | test/bleu mean")
+    assert "test/acc" not in translation.splitlines()[2]
+    with pytest.raises(ConfigError, match="metric 'test/f1' is in no completed run"):
+        build(collect(runs_dir), tmp_path / "r2", metric="test/f1", plots=False)

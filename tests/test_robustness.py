@@ -185,7 +185,7 @@ def bad_data_cases(d: Path) -> list[tuple[list[str], int, str]]:
         "long.tsv": "pos\t" + "w " * 99 + "\nneg\tb\n",
         "x.jsonl": '{"text": "a"}\n',
         "one.tsv": "pos\ta\npos\tb\n",
-        "data.csv": "pos,a\n",
+        "data.xml": "<pos>a</pos>\n",
     }
     paths = {name: _write(d / name, text) for name, text in files.items()}
     task = ["task=text_files", f"task.datamodule.test={good}"]
@@ -203,7 +203,7 @@ def bad_data_cases(d: Path) -> list[tuple[list[str], int, str]]:
         (train("long.tsv"), 1, "long.tsv:1: 99 tokens, more than task.datamodule.max_len=64"),
         (train("x.jsonl"), 1, "x.jsonl:1: expected a JSON object with 'text' and 'label'"),
         (train("one.tsv"), 1, "one class only ('pos'); need at least two"),
-        (train("data.csv"), 1, "unknown format '.csv'; valid choices: .tsv, .jsonl"),
+        (train("data.xml"), 1, "unknown format '.xml'; valid choices: .tsv, .csv, .jsonl"),
         ([*train("label.tsv"), "task.datamodule.labels=[a,b]"], 1, "label.tsv:1: label 'pos' is not a class"),
         ([*train("tab.tsv"), "model.max_len=8"], 2, "model.max_len=8 is shorter"),
         (["runs_root=/etc/hostname/runs"], 1, "cannot write the run directory"),

@@ -67,7 +67,7 @@ def test_presets_plan_and_command_line_values_override_them(tmp_path):
     assert len(plan(["sweep=temperature"])[0]["trials"]) == 15
     assert len(plan(["sweep=attention_kinds"])[0]["trials"]) == 21
     study, _ = plan(["sweep=study"])
-    assert len(study["trials"]) == 7 * 5 * 3
+    assert len(study["trials"]) == 7 * 5 * 3 * 3
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@ import torch
 
 from attn.cli.config import load
 from attn.cli.train import run
-from attn.datamodules.numbers import NumberTranslationDataModule, detokenize, spell, tokenize
+from attn.datamodules.numbers import NumberTranslationDataModule, spell, tokenize
+from attn.datamodules.vocab import detokenize
 from attn.models.seq2seq import Seq2SeqTransformer
 
 TINY_DATA = {"max_number": 400, "n_train": 250, "n_val": 30, "n_test": 60, "max_len": 24, "batch_size": 32}
@@ -87,3 +88,19 @@ def test_beam_search_task_end_to_end(fast):
     record, exc = run(cfg)
     assert exc is None, exc
     assert {"test/bleu", "test/chrf", "test/exact", "test/token_acc"} <= set(record["metrics"])
+
+
+@pytest.mark.parametrize("softmax", ["softmax1", "sparsemax", "entmax15", "learnable"])
+def test_seq2seq_every_softmax_variant(softmax):
+    torch.manual_seed(0)
+    if softmax == "learnable":
+        attention = {"kind": "scaled_dot", "temperature": "learnable"}
+    else:
+        attention = {"kind": "scaled_dot", "softmax": softmax, "temperature": 2.0}
+    net = Seq2SeqTransformer(30, 20, d_model=16, n_layers=1, n_heads=2, max_len=12, attention=attention)
+    src, tgt = torch.randint(1, 30, (2, 7)), torch.randint(1, 20, (2, 9))
+    src[1, 4:] = 0
+    logits = net(src, tgt)
+    logits.sum().backward()
+    assert logits.isfinite().all()
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters() if p.requires_grad)
