@@ -123,10 +123,8 @@ class SpeechDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.check_config(
-            "task.datamodule",
-            {"source": source, "features": features or {}, "path": path, "keywords": keywords},
-        )
+        node = {"source": source, "features": features or {}, "path": path, "keywords": keywords}
+        self.check_config("task.datamodule", {**node, "clip_seconds": clip_seconds, "max_len": max_len})
         self.source, self.path = source, path
         self.keywords = list(keywords) if keywords else None
         self.val_percent, self.test_percent = val_percent, test_percent
@@ -141,11 +139,6 @@ class SpeechDataModule(SplitDataModule):
         }
         self.features = FeatureConfig(**(features or {}))
         self.n_samples = round(clip_seconds * self.features.sample_rate)
-        frames = self.features.n_frames(self.n_samples)
-        if frames > max_len:
-            raise ValueError(
-                f"clips of {clip_seconds} s give {frames} frames, more than task.datamodule.max_len={max_len}"
-            )
         self.max_len, self.cache_dir = max_len, cache_dir
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.classes: list[str] = []
@@ -170,11 +163,18 @@ class SpeechDataModule(SplitDataModule):
             if not Path(str(node["path"])).is_dir():
                 raise ValueError(f"{path}.path={node['path']}: no such directory")
         try:
-            FeatureConfig(**(node.get("features") or {}))
+            features = FeatureConfig(**(node.get("features") or {}))
         except TypeError as e:
             raise ValueError(f"{path}.features: {e}") from None
         except ValueError as e:
             raise ValueError(f"{path}.{e}") from None
+        seconds, max_len = node.get("clip_seconds", 1.0), node.get("max_len", 101)
+        frames = features.n_frames(round(seconds * features.sample_rate))
+        if seconds <= 0 or frames > max_len:
+            raise ValueError(
+                f"{path}.clip_seconds={seconds} gives {frames} feature frames; it must be > 0 and give at"
+                f" most {path}.max_len={max_len} (raise max_len for longer clips)"
+            )
 
     # -- what the module and the run need ------------------------------------------------------------
 

@@ -251,6 +251,14 @@ def test_folder_errors_name_the_file(tmp_path):
         ConfigError, match=r"task.datamodule.source='web' is unknown; valid choices: synth, folder, hub"
     ):
         load(["task=speech", "task.datamodule.source=web"])
+    with pytest.raises(
+        ConfigError, match=r"clip_seconds=2 gives 201 feature frames; .* at most task.datamodule.max_len=101"
+    ):
+        load(["task=speech", "task.datamodule.clip_seconds=2"])
+    assert (
+        load(["task=speech", "task.datamodule.clip_seconds=2", "task.datamodule.max_len=201"]).model.max_len
+        == 201
+    )
 
 
 def _wav_bytes(samples: np.ndarray, rate: int) -> bytes:
