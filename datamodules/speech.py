@@ -123,8 +123,9 @@ class SpeechDataModule(SplitDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        node = {"source": source, "features": features or {}, "path": path, "keywords": keywords}
-        self.check_config("task.datamodule", {**node, "clip_seconds": clip_seconds, "max_len": max_len})
+        self.check_config(
+            "task.datamodule", {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        )
         self.source, self.path = source, path
         self.keywords = list(keywords) if keywords else None
         self.val_percent, self.test_percent = val_percent, test_percent
@@ -155,7 +156,22 @@ class SpeechDataModule(SplitDataModule):
         if keywords is not None and not all(isinstance(k, str) for k in keywords):
             bad = next(k for k in keywords if not isinstance(k, str))
             raise ValueError(f"{path}.keywords: {bad!r} is not a word (quote yes/no/on/off in YAML)")
+        if source == "synth":
+            n_variants = len(node.get("variants") or VARIANTS)
+            n_val, n_test = node.get("n_val_voices", 4), node.get("n_test_voices", 8)
+            if n_val < 1 or n_test < 1 or n_val + n_test >= n_variants:
+                raise ValueError(
+                    f"{path}.n_val_voices={n_val} and {path}.n_test_voices={n_test} must each be >= 1 and"
+                    f" leave training voices among the {n_variants} variants"
+                )
+            if node.get("repeats", 1) < 1:
+                raise ValueError(f"{path}.repeats={node['repeats']} is invalid: must be >= 1")
         if source == "folder":
+            val, test = node.get("val_percent", 10.0), node.get("test_percent", 10.0)
+            if val < 0 or test < 0 or val + test >= 100:
+                raise ValueError(
+                    f"{path}.val_percent={val} and {path}.test_percent={test} must be >= 0 and sum below 100"
+                )
             if not node.get("path"):
                 raise ValueError(
                     f"{path}.path is required for source=folder: a directory of <label>/<file>.wav"

@@ -255,6 +255,24 @@ def test_folder_errors_name_the_file(tmp_path):
         ConfigError, match=r"clip_seconds=2 gives 201 feature frames; .* at most task.datamodule.max_len=101"
     ):
         load(["task=speech", "task.datamodule.clip_seconds=2"])
+    with pytest.raises(
+        ConfigError, match=r"n_test_voices=60 must each be >= 1 and leave training voices among the 48"
+    ):
+        load(["task=speech", "task.datamodule.n_test_voices=60"])
+    with pytest.raises(ConfigError, match=r"task.datamodule.repeats=0 is invalid: must be >= 1"):
+        load(["task=speech", "task.datamodule.repeats=0"])
+    with pytest.raises(
+        ConfigError,
+        match=r"val_percent=60 and task.datamodule.test_percent=50 must be >= 0 and sum below 100",
+    ):
+        load(
+            [
+                "task=speech_folder",
+                f"task.datamodule.path={tmp_path}",
+                "task.datamodule.val_percent=60",
+                "task.datamodule.test_percent=50",
+            ]
+        )
     assert (
         load(["task=speech", "task.datamodule.clip_seconds=2", "task.datamodule.max_len=201"]).model.max_len
         == 201
