@@ -159,7 +159,9 @@ class _Sparsemax(torch.autograd.Function):
 class _Entmax15(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
-        x = z / 2
+        # Shifted by the row max (tau shifts with it): the running variance below then works on values
+        # near 0, not on large logits where mean_sq - mean^2 cancels in float32.
+        x = (z - z.amax(dim=-1, keepdim=True)) / 2
         xs, _ = torch.sort(x, dim=-1, descending=True)
         n = x.shape[-1]
         k = torch.arange(1, n + 1, device=z.device, dtype=z.dtype)
