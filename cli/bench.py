@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .threads import ThreadPlan, describe
 from .train import build_data_and_module
 
 
@@ -162,12 +163,25 @@ def lightning_loop(cfg: DictConfig, steps: int, warmup: int) -> dict[str, float]
 
 
 def bench(
-    cfg: DictConfig, steps: int = 30, warmup: int = 5, matmul_n: int = 2048, rounds: int = 2
+    cfg: DictConfig,
+    steps: int = 30,
+    warmup: int = 5,
+    matmul_n: int = 2048,
+    rounds: int = 2,
+    threads: ThreadPlan | None = None,
 ) -> dict[str, Any]:
-    """Every measurement of ``attn bench`` as one JSON-ready dictionary."""
+    """Every measurement of ``attn bench`` as one JSON-ready dictionary.
+
+    ``threads``: the plan made before torch was imported (see :mod:`attn.cli.threads`).
+    """
     import torch
 
     from .schema import ConfigError, cpu_has_bf16
+    from .threads import apply_torch
+    from .threads import plan as plan_threads
+
+    threads = threads or plan_threads(cfg)
+    apply_torch(threads)
 
     target = str(cfg.task.module._target_)
     if not target.endswith(".ClassificationModule"):  # the FLOP count models the text classifier
@@ -194,6 +208,7 @@ def bench(
     result = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "thread_plan": threads.as_dict(),
         "torch": torch.__version__,
         "model": {
             "attention": cfg.attention.kind,
@@ -245,6 +260,7 @@ def table(result: dict[str, Any]) -> str:
     peak = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in result["matmul_peak_flops"].items())
     lines = [
         f"device {result['device']}, {result['threads']} threads, torch {result['torch']}",
+        describe(ThreadPlan(**result["thread_plan"])),
         f"matmul peak: {peak}",
         f"model: {m['attention']} attention, {m['softmax']}, d_model {m['d_model']}, {m['n_layers']} layers,"
         f" {m['n_heads']} heads, batch {m['batch']} x {m['max_len']} positions, {m['precision']}",

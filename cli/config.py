@@ -7,6 +7,7 @@ valid choices; :func:`load` also runs the typed checks of :mod:`attn.cli.schema`
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -123,8 +124,12 @@ def _quote_numeric_option(override: str) -> str:
     return override
 
 
-def load(overrides: list[str]) -> DictConfig:
-    """Compose, resolve and validate the config for ``overrides``."""
+def load(overrides: list[str], before_validate: Callable[[DictConfig], object] | None = None) -> DictConfig:
+    """Compose, resolve and validate the config for ``overrides``.
+
+    ``before_validate`` sees the resolved config before validation, which imports torch: the place
+    to decide what must be settled before that (the thread settings, :mod:`attn.cli.threads`).
+    """
     from omegaconf.errors import OmegaConfBaseException
 
     cfg = compose(overrides)
@@ -132,4 +137,6 @@ def load(overrides: list[str]) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve the config: {str(e).splitlines()[0]}") from e
+    if before_validate is not None:
+        before_validate(cfg)
     return validate(cfg)

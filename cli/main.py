@@ -24,7 +24,8 @@ app = typer.Typer(
 OVERRIDES_HELP = (
     "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=3 seed=7. "
     "Groups: task, model, attention, softmax, optim, trainer, logger, experiment, debug. "
-    "resume=<run dir> continues an interrupted run (only trainer.max_epochs may change)."
+    "resume=<run dir> continues an interrupted run (only trainer.max_epochs may change). "
+    "threads=auto|<n>|torch sets the CPU threads (auto: the CPUs this process may use, see README)."
 )
 
 
@@ -66,6 +67,7 @@ def train(
     """Train and test one configuration; writes a run directory with results.json."""
     from omegaconf import OmegaConf
 
+    from . import threads
     from .config import load
     from .schema import ConfigError
 
@@ -73,13 +75,18 @@ def train(
     resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     args = [a for a in args if not a.startswith("resume=")]
     resume = None
+    plans: list = []  # the thread plan, decided before validation imports torch
+
+    def prepare(c) -> None:
+        plans.append(threads.prepare(c))
+
     try:
         if resume_dir is not None:
             from .train import prepare_resume
 
-            conf, resume = prepare_resume(resume_dir, args)
+            conf, resume = prepare_resume(resume_dir, args, before_validate=prepare)
         else:
-            conf = load(args)
+            conf = load(args, before_validate=prepare)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
     if cfg is not None:
@@ -88,7 +95,7 @@ def train(
     from .train import exit_code, run
 
     try:
-        record, exc = run(conf, resume)
+        record, exc = run(conf, resume, plans[-1] if plans else None)
     except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
         _fail(f"cannot write the run directory: {e}", 1, e, debug)
     from .records import is_rank_zero
@@ -255,17 +262,23 @@ def bench(
     """Measure matmul peak, training throughput and MFU, and Lightning's overhead over a plain loop."""
     import json
 
+    from . import threads
     from .bench import bench as run_bench
     from .bench import check, table
     from .config import load
     from .schema import ConfigError
 
     try:
-        if steps < 1 or warmup < 0 or matmul_n < 1:
+        if steps < 1 or warmup < 0 or matmul_n < 1 or rounds < 1:
             raise ConfigError(
-                f"--steps={steps}, --warmup={warmup}, --matmul-n={matmul_n}: need >= 1, >= 0, >= 1"
+                f"--steps={steps}, --warmup={warmup}, --matmul-n={matmul_n}, --rounds={rounds}:"
+                " need >= 1, >= 0, >= 1, >= 1"
             )
-        result = run_bench(load(list(overrides or [])), steps=steps, warmup=warmup, matmul_n=matmul_n)
+        plans: list = []  # decided before validation imports torch
+        conf = load(list(overrides or []), before_validate=lambda c: plans.append(threads.prepare(c)))
+        result = run_bench(
+            conf, steps=steps, warmup=warmup, matmul_n=matmul_n, rounds=rounds, threads=plans[-1]
+        )
         check(result)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)

@@ -233,6 +233,13 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} is invalid: expected int")
+    if "threads" in cfg:
+        from .threads import parse_threads
+
+        try:
+            cfg.threads = parse_threads(cfg.threads)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     kind, sm = cfg.attention.kind, cfg.softmax.name
     if kind not in list_attention():
         raise ConfigError(f"attention.kind={kind!r} is unknown; valid choices: {', '.join(list_attention())}")

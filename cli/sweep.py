@@ -29,6 +29,7 @@ from typing import Any
 from .config import CONF_DIR, load
 from .records import RUN_DIR_ENV, now_iso, read_record, short_name, write_json_atomic
 from .schema import ConfigError
+from .threads import CPUS_ENV, available_cpus
 
 MANIFEST = "sweep.json"
 LAUNCHERS = {
@@ -286,8 +287,12 @@ def _last_line(path: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-def run_trial(sweep_dir: str, tid: str | int, threads: int | None) -> str:
-    """Run one trial as ``attn train`` in a child process; returns its final status."""
+def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
+    """Run one trial as ``attn train`` in a child process; returns its final status.
+
+    ``cpus``: the trial's share of this machine's CPUs (``ATTN_CPUS``), from which the trial's
+    thread policy (:mod:`attn.cli.threads`) picks its threads; None leaves it every CPU it may use.
+    """
     root = Path(sweep_dir)
     rank = int(os.environ.get("SLURM_PROCID", "0"))  # submitit runs the job once per SLURM task
     with locked_manifest(root) as m:
@@ -305,8 +310,8 @@ def run_trial(sweep_dir: str, tid: str | int, threads: int | None) -> str:
     run_dir = Path(trial["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+    if cpus:
+        env[CPUS_ENV] = str(cpus)
     t0 = time.perf_counter()
     log = run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log")
     status, error = "failed", None
@@ -369,7 +374,18 @@ def _hms(seconds: float) -> str:
 
 def _launch_job(cfg: Any) -> str:
     """The Hydra task function: one trial."""
-    return run_trial(cfg.sweep_dir, int(cfg.trial), cfg.threads)
+    return run_trial(cfg.sweep_dir, int(cfg.trial), cfg.cpus)
+
+
+def trial_cpus(launcher: str, n_jobs: int, n_trials: int) -> int | None:
+    """Each trial's share of the CPUs this sweep may use, when trials run side by side here."""
+    if launcher == "joblib":
+        at_once = min(n_jobs, n_trials)
+    elif launcher == "submitit_local":  # submitit's local executor starts every job at once
+        at_once = n_trials
+    else:  # basic: one at a time; slurm: the allocation of each job sets its CPUs
+        return None
+    return max(1, available_cpus() // max(1, at_once))
 
 
 def launch(sweep_dir: str | Path) -> dict[str, Any]:
@@ -395,8 +411,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
         return read_manifest(root)
     if launcher == "slurm" and len(shape) > 1:
         raise ConfigError("launcher=slurm needs one trainer.devices/num_nodes/accelerator for all trials")
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // n_jobs) if launcher == "joblib" else None
+    cpus = trial_cpus(launcher, n_jobs, len(todo))
     devices = first["devices"] if isinstance(first["devices"], int) else 1
     gpus = devices if first["accelerator"] in ("gpu", "cuda") else None
     argv = [
@@ -404,7 +419,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
         "--multirun",
         f"trial={','.join(todo)}",
         f"sweep_dir={root}",
-        f"threads={threads if threads else 'null'}",
+        f"cpus={cpus if cpus else 'null'}",
         f"devices={devices}",
         f"num_nodes={first['num_nodes']}",
         f"gpus_per_node={gpus if gpus else 'null'}",

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .records import RUN_DIR_ENV, RunRecord, is_rank_zero, read_record, resolve_run_dir
 from .schema import ConfigError
+from .threads import ThreadPlan, apply_torch
+from .threads import plan as plan_threads
 
 # Overrides that may change when a run is resumed; anything else would change the experiment.
-RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "logger.mode")
+RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "logger.mode", "threads")
 
 
 class RunInterrupted(Exception):
@@ -253,9 +256,13 @@ def fit_and_test(
     return metrics
 
 
-def run(cfg: DictConfig, resume: Resume | None = None) -> tuple[dict[str, Any], BaseException | None]:
+def run(
+    cfg: DictConfig, resume: Resume | None = None, threads: ThreadPlan | None = None
+) -> tuple[dict[str, Any], BaseException | None]:
     """Run ``cfg`` in its own run directory; the written record (any status) and the error, if any.
 
+    ``threads`` is the plan made before torch was imported (``attn train``); without one (a call from
+    Python) the plan is made here and only torch's thread count follows it.
     ``OSError`` escapes when the run directory cannot be created or the record cannot be written.
     """
     previous = os.environ.get(RUN_DIR_ENV)
@@ -270,6 +277,9 @@ def run(cfg: DictConfig, resume: Resume | None = None) -> tuple[dict[str, Any], 
     if resume is None and rank0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0)
+    threads = threads or plan_threads(cfg, os.environ)
+    apply_torch(threads)
+    record.data["threads"] = threads.as_dict()
     if resume is not None:
         record.data["resumed_from"] = str(resume.checkpoint)
     stopper = _signal_stop_callback(record)
@@ -316,10 +326,13 @@ def exit_code(record: dict[str, Any], exc: BaseException | None) -> int:
     return 1
 
 
-def prepare_resume(run_dir: str, overrides: list[str]) -> tuple[DictConfig, Resume]:
+def prepare_resume(
+    run_dir: str, overrides: list[str], before_validate: Callable[[DictConfig], object] | None = None
+) -> tuple[DictConfig, Resume]:
     """The saved config of ``run_dir`` with the allowed ``overrides``, and where to resume from.
 
-    Overrides that would change the experiment are refused with a ``ConfigError`` naming them.
+    Overrides that would change the experiment are refused with a ``ConfigError`` naming them;
+    ``before_validate`` is called as in :func:`attn.cli.config.load`.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -356,4 +369,6 @@ def prepare_resume(run_dir: str, overrides: list[str]) -> tuple[DictConfig, Resu
         wandb_id = read_record(root / "results.json").get("wandb_id")
     except ValueError:
         pass
+    if before_validate is not None:
+        before_validate(cfg)
     return validate(cfg), Resume(root, checkpoint, wandb_id)

@@ -50,6 +50,10 @@ def test_bench_short_mode_json(tmp_path):
     numbers += [v for v in result["plain"].values()] + [v for v in result["lightning"].values()]
     assert all(math.isfinite(x) and x > 0 for x in numbers), result
     assert result["plain"]["tokens_per_s"] > 0 and result["lightning_over_plain"] > 0
+    assert result["rounds"] == 1  # --rounds reaches the measurement
+    plan = result["thread_plan"]  # the thread policy's decision, made before torch was imported
+    assert plan["env_in_time"] is True and plan["mode"] == "auto"
+    assert result["threads"] == plan["threads"] == min(plan["cpus"], 2)  # model=small: 0.13 GFLOP/step
 
 
 def test_bench_refuses_tasks_its_flop_count_does_not_model():

@@ -109,6 +109,8 @@ def test_ddp_cpu_two_ranks_one_run_dir_same_metrics(tmp_path):
     assert a["test/examples"] == b["test/examples"] == 301  # each test example counted exactly once
     assert b["train/steps"] == a["train/steps"]  # the same global batches
     assert abs(a["test/acc"] - b["test/acc"]) <= 0.02 and abs(a["test/loss"] - b["test/loss"]) <= 0.02
+    threads = read_record(run_dir / "results.json")["threads"]  # the two ranks share the CPUs
+    assert (threads["ranks"], threads["cpus"]) == (2, max(1, len(os.sched_getaffinity(0)) // 2))
 
 
 @pytest.mark.slow
@@ -132,4 +134,6 @@ def test_slurm_tasks_started_like_srun_share_one_run_dir(tmp_path):
     assert run_dir.name.startswith("slurm-4242-")
     record = json.loads((run_dir / "results.json").read_text())
     assert record["status"] == "completed" and record["metrics"]["test/examples"] == 301
+    # Two SLURM tasks without CPU counts in the environment: each takes its half of the CPUs.
+    assert record["threads"]["limits"]["slurm"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert [p.name for p in tmp_path.rglob("results.json")] == ["results.json"]
