@@ -44,6 +44,15 @@ def _fail(message: str, code: int, exc: BaseException | None = None, debug: bool
     raise typer.Exit(code)
 
 
+COUNTERS = ("/examples", "/steps", "/epochs")  # metrics that count things: printed as integers
+
+
+def _metric_text(key: str, value: object) -> str:
+    if isinstance(value, float) and key.endswith(COUNTERS) and value.is_integer():
+        return str(int(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_summary(record: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -52,7 +61,7 @@ def _print_summary(record: dict) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in sorted(record["metrics"].items()):
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, _metric_text(key, value))
     console = Console(stderr=False)
     console.print(table)
     console.print(f"run dir: {record['run_dir']}  ({record['duration_s']:.1f} s)")

@@ -138,6 +138,9 @@ def _fill_below_support(z: Tensor, mask: Tensor | None, gap: float) -> Tensor:
 class _Sparsemax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        # Shifted by the row max (tau shifts with it): the cumulative sums below then add values near
+        # 0, not large logits whose float32 sums lose the differences that decide the support.
+        z = z - z.amax(dim=-1, keepdim=True)
         zs, _ = torch.sort(z, dim=-1, descending=True)
         k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
         cumsum = zs.cumsum(dim=-1)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,21 @@ def test_fast_dev_run_end_to_end(tmp_path):
     record = json.loads(results.read_text())
     assert record["status"] == "completed" and "test/acc" in record["metrics"]
     assert record["run_dir"] in out.stdout.replace("\n", "")
+    steps = int(record["metrics"]["train/steps"])  # counters print as integers, not 1.0000
+    assert re.search(rf"train/steps\s*│\s*{steps}\s*│", out.stdout), out.stdout
+    assert f"{steps}.0000" not in out.stdout
+    umask = os.umask(0)
+    os.umask(umask)
+    assert results.stat().st_mode & 0o777 == 0o666 & ~umask  # records readable like other files
+
+
+def test_metric_text_prints_counters_as_integers():
+    from attn.cli.main import _metric_text
+
+    assert _metric_text("test/examples", 2000.0) == "2000"
+    assert _metric_text("train/steps", 630.0) == "630"
+    assert _metric_text("test/acc", 1.0) == "1.0000"  # a rate stays a rate
+    assert _metric_text("test/loss", 0.25) == "0.2500"
 
 
 @pytest.mark.slow

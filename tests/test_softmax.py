@@ -239,6 +239,18 @@ def test_property_rows_sum_to_one_or_zero(name, rows, cols, t, scale, seed):
         torch.testing.assert_close(p.sum(-1), expect, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("name", list_softmax())
+def test_every_normaliser_is_exact_for_large_offset_logits(name):
+    # Logits 5000 +- 3 in float32: sparsemax summed its rows to 1 +- 1.5e-3 before it shifted by the
+    # row maximum; every normaliser must do its arithmetic on shifted values.
+    g = torch.Generator().manual_seed(1)
+    z = 5000 + 3 * torch.randn(500, 16, generator=g)
+    p32 = get_softmax(name)(z)
+    p64 = get_softmax(name)(z.double())
+    torch.testing.assert_close(p32.sum(-1), torch.ones(500), atol=1e-5, rtol=0)
+    torch.testing.assert_close(p32.double(), p64, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", ["entmax15", "sparsemax"])
 def test_sparse_normalisers_stay_exact_for_large_logits(name):
     # Logits of size ~600 (scores x 30 at T = 0.05): entmax15's running variance once cancelled in
