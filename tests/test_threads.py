@@ -165,6 +165,18 @@ def test_sweep_shares_the_cpus_among_trials_at_once(monkeypatch):
     assert trial_cpus("basic", 1, 8) is None and trial_cpus("slurm", 1, 8) is None
 
 
+def test_plan_survives_an_unvalidated_config(cpus):
+    """The plan is made before validation: bad values elsewhere leave it to validation's error."""
+    from attn.cli.config import compose
+
+    cpus(2)
+    cfg = compose(["model.d_model=abc", "trainer.devices=xyz", "task.datamodule.batch_size=0"])
+    p = plan(cfg, env={}, cgroup=None)
+    assert (p.step_gflop, p.threads, p.ranks) == (None, 2, 1)
+    with pytest.raises(ConfigError, match=r"model\.d_model='abc' is invalid"):
+        load(["model.d_model=abc"], before_validate=lambda c: plan(c, env={}, cgroup=None))
+
+
 def test_resume_may_change_threads():
     from attn.cli.train import RESUMABLE_KEYS
 
