@@ -201,10 +201,10 @@ def _check_target(path: str, node: DictConfig) -> None:
             _check_annotation(f"{path}.{key}", value, hints[key])
 
 
-def cpu_has_bf16() -> bool | None:
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU computes in bfloat16 natively (Linux flags); ``None`` when unknown."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path(cpuinfo).read_text()
     except OSError:
         return None
     flags = set(text.split())

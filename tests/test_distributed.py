@@ -57,15 +57,29 @@ def test_evaluation_shards_count_each_example_once(n, world):
 
 
 def test_precision_presets_and_bf16_check(monkeypatch):
-    assert load(["precision=bf16-mixed"]).trainer.precision == "bf16-mixed"
-    assert load([]).trainer.precision == "32-true"
     import attn.cli.schema as schema
 
+    # Both branches on any CPU: the capability check is faked.
+    for has_bf16 in (True, None):  # native bfloat16, or a CPU whose flags cannot be read
+        monkeypatch.setattr(schema, "cpu_has_bf16", lambda has=has_bf16: has)
+        assert load(["precision=bf16-mixed"]).trainer.precision == "bf16-mixed"
+    assert load([]).trainer.precision == "32-true"
     monkeypatch.setattr(schema, "cpu_has_bf16", lambda: False)
     with pytest.raises(ConfigError, match="this CPU has no native bfloat16"):
         load(["precision=bf16-mixed"])
     with pytest.raises(ConfigError, match="16-mixed needs a GPU"):
         load(["trainer.precision=16-mixed"])
+
+
+def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    from attn.cli.schema import cpu_has_bf16
+
+    amd = "processor : 0\nflags : fpu sse2 avx2 avx512f avx512bw\n"  # AVX-512 without bf16
+    cases = ((amd, False), (amd + "flags : avx512_bf16\n", True), ("flags : amx_bf16\n", True))
+    for flags, expected in cases:
+        (tmp_path / "cpuinfo").write_text(flags)
+        assert cpu_has_bf16(str(tmp_path / "cpuinfo")) is expected
+    assert cpu_has_bf16(str(tmp_path / "missing")) is None
 
 
 def test_ddp_presets_compose():
