@@ -81,10 +81,12 @@ def explain(exc: Exception, overrides: list[str]) -> str:
         first = str(exc).strip().splitlines()[0]
         return f"cannot parse override {_unparseable(overrides) or ' '.join(overrides)!r}: {first}"
     if isinstance(exc, MissingConfigException):
-        missing = (exc.missing_cfg_file or "").strip("/")
+        missing = (exc.missing_cfg_file or "").lstrip("/")
         group, _, option = missing.rpartition("/")
         if group in GROUPS:
             choices = group_options(group)
+            if not option:  # `attention=` with nothing after the '='
+                return f"{group}= needs an option; valid choices: {', '.join(choices)}"
             return (
                 f"unknown {group} {option!r}{_suggest(option, choices)}; valid choices: {', '.join(choices)}"
             )

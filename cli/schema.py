@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -225,6 +225,30 @@ def _check_precision(tr: DictConfig) -> None:
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use precision=32 or bf16-mixed")
 
 
+def _check_finite(node: Any, path: str = "") -> None:
+    """Every float in the config is finite: nan and inf are never a setting."""
+    if isinstance(node, DictConfig):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in node.items_ex(resolve=False))
+    else:
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(node))
+    for where, value in items:
+        if isinstance(value, DictConfig | ListConfig):
+            _check_finite(value, where)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}={value} is invalid: must be a finite number")
+
+
+def _check_optim(optim: DictConfig) -> None:
+    betas = list(optim.betas)
+    if len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"optim.betas={betas} is invalid: must be two numbers in [0, 1)")
+    if optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay={optim.weight_decay} is invalid: must be >= 0")
+    for key in ("warmup_ratio", "min_lr_ratio"):
+        if not 0 <= optim[key] <= 1:
+            raise ConfigError(f"optim.{key}={optim[key]} is invalid: must be in [0, 1]")
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Types, ranges and combinations of a composed config; ``ConfigError`` on the first problem."""
     cfg = _typed(cfg)
@@ -233,6 +257,9 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} is invalid: expected int")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed={cfg.seed} is invalid: must be in [0, 2**32 - 1] (numpy's seed range)")
+    _check_finite(cfg)
     if "threads" in cfg:
         from .threads import parse_threads
 
@@ -284,6 +311,13 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"diagnostics.batches={cfg.diagnostics.batches} is invalid: must be >= 0")
     if cfg.optim.lr <= 0 or not math.isfinite(cfg.optim.lr):
         raise ConfigError(f"optim.lr={cfg.optim.lr!r} is invalid: must be a finite number > 0")
+    _check_optim(cfg.optim)
+    dm = cfg.task.get("datamodule")
+    if isinstance(dm, DictConfig):
+        for key, low in (("batch_size", 1), ("num_workers", 0)):
+            value = dm.get(key)
+            if _number(value) and value < low:  # the type is checked against the datamodule below
+                raise ConfigError(f"task.datamodule.{key}={value!r} is invalid: must be an integer >= {low}")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=<value>")
