@@ -283,7 +283,7 @@ def bench(
                 f"--steps={steps}, --warmup={warmup}, --matmul-n={matmul_n}, --rounds={rounds}:"
                 " need >= 1, >= 0, >= 1, >= 1"
             )
-        plans: list = []  # decided before validation imports torch
+        plans: list = []  # the thread plan, decided before validation imports torch
         conf = load(list(overrides or []), before_validate=lambda c: plans.append(threads.prepare(c)))
         result = run_bench(
             conf, steps=steps, warmup=warmup, matmul_n=matmul_n, rounds=rounds, threads=plans[-1]

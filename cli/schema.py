@@ -239,6 +239,9 @@ def _check_finite(node: Any, path: str = "") -> None:
 
 
 def _check_optim(optim: DictConfig) -> None:
+    """Ranges of the optimiser settings (non-finite values are refused before, by _check_finite)."""
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr={optim.lr!r} is invalid: must be a finite number > 0")
     betas = list(optim.betas)
     if len(betas) != 2 or not all(_number(b) and 0 <= b < 1 for b in betas):
         raise ConfigError(f"optim.betas={betas} is invalid: must be two numbers in [0, 1)")
@@ -309,8 +312,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")
     if cfg.diagnostics.batches < 0:
         raise ConfigError(f"diagnostics.batches={cfg.diagnostics.batches} is invalid: must be >= 0")
-    if cfg.optim.lr <= 0 or not math.isfinite(cfg.optim.lr):
-        raise ConfigError(f"optim.lr={cfg.optim.lr!r} is invalid: must be a finite number > 0")
     _check_optim(cfg.optim)
     dm = cfg.task.get("datamodule")
     if isinstance(dm, DictConfig):

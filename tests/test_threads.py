@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli import threads
 from attn.cli.config import load
 from attn.cli.schema import ConfigError
 from attn.cli.sweep import trial_cpus
@@ -154,7 +153,6 @@ def test_cpu_limits_read_the_real_machine():
 
 
 def test_sweep_shares_the_cpus_among_trials_at_once(monkeypatch):
-    monkeypatch.setattr(threads, "available_cpus", lambda env=None: 4)
     import attn.cli.sweep as sweep
 
     monkeypatch.setattr(sweep, "available_cpus", lambda env=None: 4)
