@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .threads import ThreadPlan, describe
-from .train import build_data_and_module
+from .train import build_data_and_module, quiet_third_party
 
 
 def _sync(device: Any) -> None:
@@ -179,6 +179,8 @@ def bench(
     from .schema import ConfigError, cpu_has_bf16
     from .threads import apply_torch
     from .threads import plan as plan_threads
+
+    quiet_third_party()
 
     threads = threads or plan_threads(cfg)
     apply_torch(threads)

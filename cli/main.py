@@ -64,7 +64,10 @@ def _print_summary(record: dict) -> None:
         table.add_row(key, _metric_text(key, value))
     console = Console(stderr=False)
     console.print(table)
-    console.print(f"run dir: {record['run_dir']}  ({record['duration_s']:.1f} s)")
+    # Paths are never wrapped or marked up, so that they can be copied from the terminal.
+    console.print(
+        f"run dir: {record['run_dir']}  ({record['duration_s']:.1f} s)", soft_wrap=True, markup=False
+    )
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -78,7 +81,7 @@ def train(
 
     from . import threads
     from .config import load
-    from .schema import ConfigError
+    from .schema import ConfigError, check_devices
 
     args = list(overrides or [])
     resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
@@ -96,6 +99,8 @@ def train(
             conf, resume = prepare_resume(resume_dir, args, before_validate=prepare)
         else:
             conf = load(args, before_validate=prepare)
+        if cfg is None:
+            check_devices(conf)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
     if cfg is not None:
@@ -255,7 +260,7 @@ def _print_report(rep, group_by: tuple[str, ...]) -> None:
         counts[r.status] = counts.get(r.status, 0) + 1
     console.print(f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     for r in rep.problems:
-        console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False)
+        console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False, soft_wrap=True)
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -275,7 +280,7 @@ def bench(
     from .bench import bench as run_bench
     from .bench import check, table
     from .config import load
-    from .schema import ConfigError
+    from .schema import ConfigError, check_devices
 
     try:
         if steps < 1 or warmup < 0 or matmul_n < 1 or rounds < 1:
@@ -285,13 +290,14 @@ def bench(
             )
         plans: list = []  # the thread plan, decided before validation imports torch
         conf = load(list(overrides or []), before_validate=lambda c: plans.append(threads.prepare(c)))
+        check_devices(conf)
         result = run_bench(
             conf, steps=steps, warmup=warmup, matmul_n=matmul_n, rounds=rounds, threads=plans[-1]
         )
         check(result)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
-    except Exception as e:  # e.g. trainer=gpu without a GPU: one line, like attn train
+    except Exception as e:  # anything else: one line, like attn train
         text = str(e).strip()
         _fail(f"{type(e).__name__}: {text.splitlines()[0] if text else ''}", 1, e, debug)
     typer.echo(json.dumps(result, indent=2) if as_json else table(result))

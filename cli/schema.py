@@ -225,6 +225,28 @@ def _check_precision(tr: DictConfig) -> None:
         raise ConfigError("trainer.precision=16-mixed needs a GPU; on the CPU use precision=32 or bf16-mixed")
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """The devices the trainer asks for exist on this machine (``attn train``/``attn bench`` only: a
+    sweep's trials are checked where they run, which for a cluster is not the submitting host)."""
+    tr = cfg.trainer
+    if tr.accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have == 0:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"trainer.accelerator={tr.accelerator} needs a CUDA GPU, but torch {torch.__version__} ({build})"
+            " sees none; use trainer=cpu, or trainer=ddp, which falls back to the CPU"
+        )
+    devices = tr.devices
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > have:
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {have} GPU(s); use trainer.devices<={have}"
+        )
+
+
 def _check_finite(node: Any, path: str = "") -> None:
     """Every float in the config is finite: nan and inf are never a setting."""
     if isinstance(node, DictConfig):

@@ -7,6 +7,7 @@ resume=<run dir>`` continues such a run from its last checkpoint, in the same di
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -45,6 +46,35 @@ class Resume:
     wandb_id: str | None
 
 
+# Lines from libraries that a user cannot act on: device banners, product tips, the checkpoint each
+# test loads. Warnings about the user's own run (too few batches to log, slow data loading) stay.
+_NOISE = (
+    "GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "LOCAL_RANK:",
+    "Restoring states from the checkpoint path", "Loaded model weights from the checkpoint",
+)  # fmt: skip
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_NOISE)
+
+
+def quiet_third_party() -> None:
+    """Silence library output a user cannot act on (see ``_NOISE``), the srun hint (attn chooses the
+    run's launch itself), and deprecations inside Lightning and torch."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    warnings.filterwarnings("ignore", message=r".*weights_only")
+
+
 def _wandb_mode(cfg: DictConfig) -> str:
     """W&B mode: ``WANDB_MODE`` from the environment wins over ``logger.mode``."""
     return os.environ.get("WANDB_MODE") or cfg.logger.mode
@@ -63,18 +93,19 @@ def _build_loggers(
         os.environ.setdefault("WANDB_SILENT", "true")
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(
-            WandbLogger(
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                group=cfg.logger.group,
-                tags=list(cfg.logger.tags),
-                name=run_dir.name,
-                save_dir=str(run_dir),
-                mode=_wandb_mode(cfg),
-                **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
-            )
+        wandb_logger = WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            tags=list(cfg.logger.tags),
+            name=run_dir.name,
+            save_dir=str(run_dir),
+            mode=_wandb_mode(cfg),
+            **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
         )
+        # Lightning always passes W&B's deprecated `anonymous` setting, which makes W&B warn on every run.
+        getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(wandb_logger)
     for logger in loggers:
         logger.log_hyperparams(flat_config)
     return loggers
@@ -203,6 +234,40 @@ def build_data_and_module(cfg: DictConfig) -> tuple[Any, Any]:
     return dm, module
 
 
+def _device_info(trainer: Any) -> dict[str, Any]:
+    """Where the run trains: device and its name, precision, strategy, world size, DDP backend."""
+    import torch
+
+    root = trainer.strategy.root_device
+    info: dict[str, Any] = {
+        "device": str(root),
+        "name": _cpu_name(),
+        "precision": str(trainer.precision),
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "backend": None,
+        "torch": torch.__version__,
+    }
+    if root.type == "cuda":
+        info.update(name=torch.cuda.get_device_name(root), cuda=torch.version.cuda)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        info["backend"] = str(torch.distributed.get_backend())
+    else:
+        info["backend"] = getattr(trainer.strategy, "_process_group_backend", None)
+    return info
+
+
+def _cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name, from ``/proc/cpuinfo`` (None where it cannot be read)."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def fit_and_test(
     cfg: DictConfig, run_dir: Path, record: RunRecord, stopper: Any, resume: Resume | None = None
 ) -> dict[str, float]:
@@ -210,7 +275,7 @@ def fit_and_test(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet_third_party()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     container = OmegaConf.to_container(cfg, resolve=True)
     dm, module = build_data_and_module(cfg)
@@ -237,7 +302,9 @@ def fit_and_test(
         callbacks=callbacks,
         default_root_dir=str(run_dir),
     )
+    record.data["device"] = _device_info(trainer)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
+    record.data["device"] = _device_info(trainer)  # the process group exists now (DDP)
     best = checkpoint.best_model_path or None
     tested = trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}

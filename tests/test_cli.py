@@ -105,7 +105,8 @@ def test_metric_text_prints_counters_as_integers():
 
 @pytest.mark.slow
 def test_failed_run_exits_nonzero_with_record(tmp_path):
-    out = attn("train", "debug=fast_dev_run", "logger=none", "trainer=gpu", cwd=tmp_path)
+    args = ["logger=none", "model=small", "task.datamodule.n_train=256", "trainer.max_epochs=1"]
+    out = attn("train", *args, "optim.lr=1e30", "baseline=false", cwd=tmp_path)  # diverges in the run
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "Traceback" not in out.stderr
@@ -124,3 +125,15 @@ def test_wandb_offline_writes_run_files(tmp_path, fast):
     assert record["status"] == "completed" and record["wandb_id"]
     assert list((run_dir / "wandb").glob(f"offline-run-*-{record['wandb_id']}"))
     assert (run_dir / "csv" / "metrics.csv").is_file()
+    # Nothing a user cannot act on: device banners, product tips, W&B's deprecated-setting warning.
+    for noise in ("GPU available", "TPU available", "litlogger", "anonymous setting", "Restoring states"):
+        assert noise not in out.stdout + out.stderr, noise
+
+
+def test_run_dir_path_is_printed_on_one_line(monkeypatch, capsys):
+    from attn.cli.main import _print_summary
+
+    monkeypatch.setenv("COLUMNS", "40")
+    path = "/a/rather/long/runs/20261127-050041-classification-scaled_dot-softmax-T1.0"
+    _print_summary({"status": "completed", "metrics": {"test/acc": 0.5}, "run_dir": path, "duration_s": 1.0})
+    assert f"run dir: {path}  (1.0 s)" in capsys.readouterr().out.splitlines()

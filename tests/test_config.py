@@ -106,3 +106,21 @@ def test_bad_overrides_one_line(overrides, first, second):
     msg = str(info.value)
     assert "\n" not in msg
     assert first in msg and second in msg
+
+
+def test_gpu_trainer_is_checked_against_the_machine(monkeypatch):
+    import torch
+
+    from attn.cli.schema import check_devices
+
+    gpu = load(["trainer=gpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu needs a CUDA GPU, .* use trainer=cpu"):
+        check_devices(gpu)
+    check_devices(load(["trainer=cpu"]))
+    check_devices(load(["trainer=ddp"]))  # devices=auto: the CPU when there is no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_devices(gpu)
+    with pytest.raises(ConfigError, match=r"^trainer.devices=2 but this machine has 1 GPU\(s\)"):
+        check_devices(load(["trainer=gpu", "trainer.devices=2"]))

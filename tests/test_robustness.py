@@ -207,6 +207,7 @@ def bad_data_cases(d: Path) -> list[tuple[list[str], int, str]]:
         ([*train("label.tsv"), "task.datamodule.labels=[a,b]"], 1, "label.tsv:1: label 'pos' is not a class"),
         ([*train("tab.tsv"), "model.max_len=8"], 2, "model.max_len=8 is shorter"),
         (["runs_root=/etc/hostname/runs"], 1, "cannot write the run directory"),
+        *([] if torch.cuda.is_available() else [(["trainer=gpu"], 2, "accelerator=gpu needs a CUDA GPU")]),
     ]
 
 
