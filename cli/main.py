@@ -44,11 +44,10 @@ def _fail(message: str, code: int, exc: BaseException | None = None, debug: bool
     raise typer.Exit(code)
 
 
-COUNTERS = ("/examples", "/steps", "/epochs")  # metrics that count things: printed as integers
-
-
 def _metric_text(key: str, value: object) -> str:
-    if isinstance(value, float) and key.endswith(COUNTERS) and value.is_integer():
+    from .report import is_counter  # counters print as integers
+
+    if isinstance(value, float) and is_counter(key) and value.is_integer():
         return str(int(value))
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -244,17 +243,20 @@ def _print_report(rep, group_by: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import table_rows
+    from .report import split_metrics, table_rows, task_lines
 
     console = Console()
     for split, groups in rep.groups.items():
-        rows = table_rows(groups, group_by, rep.metrics[:1])
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
+        rows = table_rows(groups, group_by, split_metrics(groups)[:1], own)
         table = Table(title=f"task: {split}")
         for h in rows[0]:
             table.add_column(h)
         for g, cells in zip(groups, rows[1:], strict=True):
             table.add_row(*cells, style="bold green" if g.best else ("green" if g.tied else None))
         console.print(table)
+        for line in task_lines(rep, split):
+            console.print(line, markup=False, style="bold" if line.startswith("Verdict") else None)
     counts: dict[str, int] = {}
     for r in rep.runs:
         counts[r.status] = counts.get(r.status, 0) + 1

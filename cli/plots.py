@@ -28,7 +28,8 @@ def vs_temperature(
     groups: list[Group], group_by: tuple[str, ...], metric: str, path: Path, title: str
 ) -> Path | None:
     """``metric`` against the (numeric) softmax temperature, log x axis, one line per other setting,
-    error bars = 95% t-interval half-width (none for a single seed)."""
+    error bars = the 95% interval clipped to the metric's range (none for a single seed), and the
+    task's chance level as a dashed line where it is known."""
     ti = _index(group_by, "temperature")
     if ti is None:
         return None
@@ -38,16 +39,17 @@ def vs_temperature(
         if s is None or not isinstance(t, int | float):
             continue
         label = " / ".join(str(k) for i, k in enumerate(g.key) if i != ti) or metric
-        err = s.half_width if s.n > 1 else 0.0
-        lines.setdefault(label, []).append((float(t), s.mean, err))
+        lo, hi = s.ci if s.n > 1 else (s.mean, s.mean)
+        lines.setdefault(label, []).append((float(t), s.mean, s.mean - lo, hi - s.mean))
     if not any(len(pts) > 1 for pts in lines.values()):
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, pts in sorted(lines.items()):
         pts.sort()
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=label)  # fmt: skip
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[[p[2] for p in pts], [p[3] for p in pts]],
+                    marker="o", capsize=3, label=label)  # fmt: skip
+    _chance_line(ax, groups, metric)
     ax.set_xscale("log")
     temps = sorted({p[0] for pts in lines.values() for p in pts})
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
@@ -61,6 +63,13 @@ def vs_temperature(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _chance_line(ax: Any, groups: list[Group], metric: str) -> None:
+    """The task's chance level (majority-class accuracy) as a dashed line, for accuracies."""
+    chance = next((g.chance for g in groups if g.chance is not None), None)
+    if chance is not None and metric.endswith("/acc"):
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
 
 
 def _curve(run_dir: str, key: str) -> dict[int, float]:
@@ -108,6 +117,10 @@ def learning_curves(
     if not drawn:
         plt.close(fig)
         return None
+    from matplotlib.ticker import MaxNLocator
+
+    _chance_line(ax, groups, monitor)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{monitor} (mean over seeds)")
     ax.set_title(title)
@@ -181,11 +194,13 @@ def heatmaps(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[st
                 ax.text(0.5, 0.5, "no weight matrix\n(linear attention)", ha="center", va="center")
                 ax.set_axis_off()
                 continue
-            ax.imshow(m.numpy(), cmap="viridis", vmin=0)
+            image = ax.imshow(m.numpy(), cmap="viridis", vmin=0)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
             ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
             ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
             ax.set_title(f"layer {i} (mean over heads)", fontsize=9)
-        axes[-1].imshow(pool.numpy().T, cmap="viridis", vmin=0, aspect="auto")
+        image = axes[-1].imshow(pool.numpy().T, cmap="viridis", vmin=0, aspect="auto")
+        fig.colorbar(image, ax=axes[-1], fraction=0.3, pad=0.1, label="pooling weight")
         axes[-1].set_yticks(range(len(tokens)), tokens, fontsize=6)
         axes[-1].set_xticks([])
         axes[-1].set_title("pooling", fontsize=9)

@@ -3,9 +3,12 @@
 Runs come from every ``results.json`` under a directory (plus the ``sweep.json`` manifests there,
 so that trials that never wrote a record are listed as missing) or from W&B's public API. Runs
 are grouped by configuration (default: attention kind, softmax variant, temperature) within each
-task; each metric gets mean, sample standard deviation and a 95% t-interval over seeds. The best
-group per task is the one with the best mean of the chosen metric; groups whose difference from
-it is not significant (Welch's t-test, p >= 0.05) are marked as indistinguishable.
+task, and pooled over seeds only when their configs are otherwise equal (``NEUTRAL_KEYS`` aside): a
+key that differs inside a group becomes a column of its own. Each metric gets mean, sample standard
+deviation and a 95% t-interval over seeds, clipped to the metric's range. Per task and metric, the
+group with the best mean is compared with every other group of two or more seeds (Welch's t-test,
+Holm-corrected); it is marked best only when some group differs from it and not every group is at
+chance level, and each task gets a one-line verdict that says so plainly.
 """
 
 from __future__ import annotations
@@ -34,6 +37,14 @@ DEFAULT_GROUP_BY = ("attention", "softmax", "temperature")
 FORMATS = ("md", "html", "csv")
 ALPHA = 0.05
 LOWER_IS_BETTER = ("loss", "ece", "error", "perplexity")
+# Config keys (and key prefixes) that cannot change a run's result: runs differing only in these and
+# the seed are pooled. Any other key that differs between the runs of a group splits the group.
+NEUTRAL_KEYS = (
+    "name", "seed", "runs_root", "threads", "logger", "trainer.enable_progress_bar",
+    "trainer.enable_model_summary", "trainer.log_every_n_steps",
+)  # fmt: skip
+COUNTERS = ("/examples", "/steps", "/epochs")  # metrics that count things: no mean ± CI, no ranking
+CHANCE = "test/chance_acc"  # majority-class accuracy of the test split, logged by classification tasks
 
 
 @dataclass
@@ -57,11 +68,30 @@ class Run:
         return node
 
 
+def is_counter(metric: str) -> bool:
+    """Whether ``metric`` counts things (examples, steps, epochs) rather than measuring quality."""
+    return metric.endswith(COUNTERS)
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take: rates in [0, 1], BLEU/chrF in [0, 100], losses >= 0."""
+    name = metric.split("/")[-1]
+    if name.endswith(("bleu", "chrf")):
+        return 0.0, 100.0
+    if name.endswith(("acc", "f1", "ece", "precision", "recall", "auc")):
+        return 0.0, 1.0
+    if lower_is_better(metric):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
 @dataclass
 class Stat:
-    """Mean, sample std and 95% t-interval of one metric over the seeds of one group."""
+    """Mean, sample std and 95% t-interval of one metric over the seeds of one group; the interval
+    is clipped to ``bounds``, the metric's range (an accuracy's interval never passes 1)."""
 
     values: list[float]
+    bounds: tuple[float, float] = (-math.inf, math.inf)
 
     @property
     def n(self) -> int:
@@ -80,7 +110,7 @@ class Stat:
 
     @property
     def half_width(self) -> float:
-        """Half-width of the 95% confidence interval: ``t_{0.975, n-1} * std / sqrt(n)``."""
+        """Half-width of the unclipped 95% interval: ``t_{0.975, n-1} * std / sqrt(n)``."""
         if self.n < 2:
             return math.nan
         from scipy.stats import t
@@ -89,7 +119,22 @@ class Stat:
 
     @property
     def ci(self) -> tuple[float, float]:
-        return self.mean - self.half_width, self.mean + self.half_width
+        lo, hi = self.bounds
+        h = self.half_width
+        if math.isnan(h):
+            return math.nan, math.nan
+        return max(lo, self.mean - h), min(hi, self.mean + h)
+
+
+@dataclass
+class Rank:
+    """Where a group stands on one metric among its task's groups."""
+
+    best: bool = False
+    tied: bool = False  # not distinguishable from the best (Holm-corrected Welch p >= ALPHA)
+    p: float | None = None  # Welch's p against the best, uncorrected
+    p_holm: float | None = None
+    at_chance: bool | None = None  # the interval reaches the task's chance level
 
 
 @dataclass
@@ -97,14 +142,37 @@ class Group:
     """One configuration of one task, aggregated over its completed runs."""
 
     split: str
-    key: tuple[Any, ...]
+    key: tuple[Any, ...]  # the --group-by values, then the values of the task's split keys
     runs: list[Run]
     stats: dict[str, Stat]
     duration: float | None
-    best: bool = False
-    tied: bool = False  # not significantly different from the best (Welch p >= 0.05)
-    p_value: float | None = None
+    ranks: dict[str, Rank] = field(default_factory=dict)
     metric: str = ""  # the metric that ranks this task's groups
+    chance: float | None = None  # the task's chance level of ``metric`` (accuracy only)
+
+    def rank(self, metric: str | None = None) -> Rank:
+        return self.ranks.get(metric or self.metric) or Rank()
+
+    @property
+    def best(self) -> bool:
+        return self.rank().best
+
+    @property
+    def tied(self) -> bool:
+        return self.rank().tied
+
+    @property
+    def p_value(self) -> float | None:
+        return self.rank().p
+
+
+@dataclass
+class Verdict:
+    """A task's one-line answer and the keys its runs were split on."""
+
+    text: str
+    split_keys: list[str]
+    comparisons: int = 0
 
 
 # A task without the chosen metric is ranked by the first of these it has (translation: BLEU).
@@ -120,7 +188,7 @@ def ranking_metric(present: set[str], metric: str) -> str:
 
 def split_metrics(groups: list[Group]) -> list[str]:
     """One task's metric columns: its ranking metric first, then its other test metrics."""
-    present = sorted({m for g in groups for m in g.stats if m.startswith("test/")})
+    present = sorted({m for g in groups for m in g.stats if m.startswith("test/") and m != CHANCE})
     ranking = groups[0].metric if groups else ""
     return [ranking, *[m for m in present if m != ranking]] if ranking else present
 
@@ -225,53 +293,188 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric.split("/")[-1] for word in LOWER_IS_BETTER)
 
 
-def _welch_p(a: Stat, b: Stat) -> float:
-    """Two-sided Welch t-test p-value; ``nan`` when either group has fewer than two runs."""
+def welch_p(a: Stat, b: Stat, floor: float = 0.0) -> float:
+    """Two-sided Welch t-test p-value of two groups' means; ``nan`` when it cannot be tested.
+
+    ``floor`` is the metric's resolution (one test example of an accuracy, say): each group's std is
+    taken as at least that, so that seeds that agree exactly do not make a one-example difference
+    look certain. Without a floor, two groups with no spread at all are untestable (``nan``) unless
+    their means are equal (p = 1). Fewer than two runs in either group: ``nan``.
+    """
     if a.n < 2 or b.n < 2:
         return math.nan
-    if a.std == 0 and b.std == 0:
-        return 1.0 if a.mean == b.mean else 0.0
-    from scipy.stats import ttest_ind
+    if a.mean == b.mean:
+        return 1.0
+    # Spread below float rounding ([0.9995] * 3 has a std of 1e-16, not 0) is no spread.
+    tiny = 1e-9 * max(1.0, abs(a.mean), abs(b.mean))
+    sa, sb = (max(s.std if s.std > tiny else 0.0, floor) for s in (a, b))
+    va, vb = sa**2 / a.n, sb**2 / b.n
+    if va + vb == 0:
+        return math.nan
+    from scipy.stats import t
 
-    return float(ttest_ind(a.values, b.values, equal_var=False).pvalue)
+    stat = (a.mean - b.mean) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    return float(2 * t.sf(abs(stat), df))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (``nan`` entries stay out of the family)."""
+    valid = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    out = [math.nan] * len(pvalues)
+    running, m = 0.0, len(valid)
+    for rank, (p, i) in enumerate(valid):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def resolution(metric: str, runs: list[Run]) -> float:
+    """The smallest step a test rate can take: one test example (``1 / test/examples``); else 0."""
+    if metric_range(metric) != (0.0, 1.0) or not metric.startswith("test/"):
+        return 0.0
+    counts = [r.metrics.get("test/examples") for r in runs]
+    if not counts or any(not c for c in counts):
+        return 0.0
+    return 1.0 / min(counts)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
+
+
+def _neutral(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_KEYS)
+
+
+def split_keys(runs: list[Run], group_by: tuple[str, ...]) -> list[str]:
+    """Config keys (besides ``group_by`` and ``NEUTRAL_KEYS``) that differ between runs that
+    ``group_by`` alone would pool: epochs, model size, a debug preset, ..."""
+    grouped = {ALIASES.get(g, g) for g in group_by}
+    buckets: dict[tuple, list[dict[str, str]]] = {}
+    for r in runs:
+        flat = {k: v for k, v in _flat(r.config).items() if not _neutral(k) and k not in grouped}
+        flat = {k: v for k, v in flat.items() if not any(k.startswith(g + ".") for g in grouped)}
+        buckets.setdefault(tuple(_value(r, g) for g in group_by), []).append(flat)
+    varying: set[str] = set()
+    for flats in buckets.values():
+        for key in set().union(*flats):
+            if len({f.get(key, "<absent>") for f in flats}) > 1:
+                varying.add(key)
+    return sorted(varying)
+
+
+def _value(run: Run, key: str) -> Any:
+    value = run.get(key)
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+
+
+def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int]:
+    """Mark best/tied groups on ``metric`` (see the module docstring); the verdict and the number of
+    comparisons made."""
+    for g in groups:
+        g.ranks[metric] = Rank()
+    if is_counter(metric):
+        return f"{metric} counts things; it is not ranked", 0
+    scored = [g for g in groups if metric in g.stats]
+    eligible = [g for g in scored if g.stats[metric].n >= 2]
+    chance = next((g.chance for g in scored if g.chance is not None), None) if metric == "test/acc" else None
+    if chance is not None:
+        for g in eligible:
+            g.ranks[metric].at_chance = g.stats[metric].ci[0] <= chance
+    if not eligible:
+        return f"no group has 2 or more seeds of {metric}: nothing is ranked", 0
+    sign = -1 if lower_is_better(metric) else 1
+    top = max(eligible, key=lambda g: sign * g.stats[metric].mean)
+    others = [g for g in eligible if g is not top]
+    floor = floor or 0.0
+    raw = [welch_p(top.stats[metric], g.stats[metric], floor) for g in others]
+    adjusted = holm(raw)
+    for g, p, q in zip(others, raw, adjusted, strict=True):
+        r = g.ranks[metric]
+        r.p, r.p_holm = (None if math.isnan(p) else p), (None if math.isnan(q) else q)
+        r.tied = r.p_holm is not None and r.p_holm >= ALPHA
+    label = " / ".join(map(str, top.key))
+    where = f"{metric} {top.stats[metric].mean:.4f}"
+    if chance is not None and all(g.ranks[metric].at_chance for g in eligible):
+        return (
+            f"every group is at chance level ({metric} {chance:.4f}; no 95% interval lies above it):"
+            " nothing was learned, so nothing is ranked",
+            len(others),
+        )
+    if not others:
+        return f"one group has 2 or more seeds ({label}, {where}): nothing to compare it with", 0
+    differ = [g for g in others if g.ranks[metric].p_holm is not None and g.ranks[metric].p_holm < ALPHA]
+    test = f"Welch's t-test, Holm-corrected over {len(others)} comparison(s), α = {ALPHA}"
+    if not differ:
+        return (
+            f"no group differs from the one with the best mean ({label}, {where}; {test}): nothing is ranked",
+            len(others),
+        )
+    top.ranks[metric].best = True
+    tied = sum(g.ranks[metric].tied for g in others)
+    untestable = len(others) - len(differ) - tied
+    extra = f", {untestable} untestable (no spread)" if untestable else ""
+    return (
+        f"best: {label} ({where}); {len(differ)} of {len(others)} other group(s) differ from it,"
+        f" {tied} indistinguishable{extra} ({test})",
+        len(others),
+    )
 
 
 def aggregate(
     runs: list[Run], metric: str, group_by: tuple[str, ...] = DEFAULT_GROUP_BY, split_by: str = "task"
 ) -> dict[str, list[Group]]:
-    """Completed runs grouped per split (task) and configuration, best and tied groups marked."""
-    buckets: dict[str, dict[tuple, list[Run]]] = {}
+    """Completed runs grouped per split (task) and configuration, every metric ranked (the verdict
+    lines come from :func:`aggregate_with_verdicts`)."""
+    return aggregate_with_verdicts(runs, metric, group_by, split_by)[0]
+
+
+def aggregate_with_verdicts(
+    runs: list[Run], metric: str, group_by: tuple[str, ...] = DEFAULT_GROUP_BY, split_by: str = "task"
+) -> tuple[dict[str, list[Group]], dict[str, Verdict]]:
+    """:func:`aggregate`, plus each split's verdict on its ranking metric and the keys it split on."""
+    per_split: dict[str, list[Run]] = {}
     for run in runs:
-        if run.status != "completed":
-            continue
-        split = str(run.get(split_by))
-        key = tuple(run.get(g) for g in group_by)
-        buckets.setdefault(split, {}).setdefault(key, []).append(run)
+        if run.status == "completed":
+            per_split.setdefault(str(run.get(split_by)), []).append(run)
     out: dict[str, list[Group]] = {}
-    for split, groups in sorted(buckets.items()):
+    verdicts: dict[str, Verdict] = {}
+    for split, members in sorted(per_split.items()):
+        extra = [k for k in split_keys(members, group_by) if k != ALIASES.get(split_by, split_by)]
+        buckets: dict[tuple, list[Run]] = {}
+        for run in members:
+            key = (*(run.get(g) for g in group_by), *(_value(run, k) for k in extra))
+            buckets.setdefault(key, []).append(run)
         rows = []
-        for key, members in groups.items():
-            names = sorted({m for r in members for m in r.metrics})
-            stats = {m: Stat([r.metrics[m] for r in members if m in r.metrics]) for m in names}
-            durations = [r.duration_s for r in members if r.duration_s is not None]
+        for key, group_runs in buckets.items():
+            names = sorted({m for r in group_runs for m in r.metrics})
+            stats = {
+                m: Stat([r.metrics[m] for r in group_runs if m in r.metrics], metric_range(m)) for m in names
+            }
+            durations = [r.duration_s for r in group_runs if r.duration_s is not None]
+            chance = stats[CHANCE].mean if CHANCE in stats else None
             rows.append(
-                Group(split, key, members, stats, sum(durations) / len(durations) if durations else None)
-            )
+                Group(split, key, group_runs, stats,
+                      sum(durations) / len(durations) if durations else None, chance=chance)
+            )  # fmt: skip
         rows.sort(key=lambda g: tuple(_sortable(k) for k in g.key))
         ranked_by = ranking_metric({m for g in rows for m in g.stats}, metric)
+        text, k = "", 0
+        for m in sorted({m for g in rows for m in g.stats}):
+            line, n = rank(rows, m, resolution(m, members))
+            if m == ranked_by:
+                text, k = line, n
         for g in rows:
             g.metric = ranked_by
-        scored = [g for g in rows if ranked_by in g.stats]
-        if scored:
-            sign = -1 if lower_is_better(ranked_by) else 1
-            best = max(scored, key=lambda g: sign * g.stats[ranked_by].mean)
-            best.best = True
-            for g in scored:
-                if g is not best:
-                    g.p_value = _welch_p(best.stats[ranked_by], g.stats[ranked_by])
-                    g.tied = not math.isnan(g.p_value) and g.p_value >= ALPHA
+        verdicts[split] = Verdict(text, extra, k)
         out[split] = rows
-    return out
+    return out, verdicts
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
@@ -286,9 +489,12 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _cell(stat: Stat | None) -> str:
+def _cell(stat: Stat | None, metric: str = "") -> str:
     if stat is None:
         return "–"
+    if is_counter(metric):  # a count: its value, or the range over seeds
+        lo, hi = min(stat.values), max(stat.values)
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
     if stat.n < 2:
         return f"{_fmt(stat.mean)} (n=1)"
     lo, hi = stat.ci
@@ -296,21 +502,30 @@ def _cell(stat: Stat | None) -> str:
 
 
 def _mark(g: Group) -> str:
-    return "best" if g.best else ("≈ best" if g.tied else "")
+    r = g.rank()
+    mark = "best" if r.best else ("≈ best" if r.tied else "")
+    if r.p_holm is not None:
+        mark = f"{mark} (p={r.p:.3f}, Holm {r.p_holm:.3f})".strip()
+    if r.at_chance:
+        mark = f"{mark}; at chance".strip("; ")
+    return mark
 
 
-def table_rows(groups: list[Group], group_by: tuple[str, ...], metrics: list[str]) -> list[list[str]]:
-    """Header and rows of one task's summary table (strings)."""
-    header = [*group_by, "n", *[f"{m} mean ± std [95% CI]" for m in metrics], "train s", "vs best"]
+def table_rows(
+    groups: list[Group], group_by: tuple[str, ...], metrics: list[str], split_on: list[str] | None = None
+) -> list[list[str]]:
+    """Header and rows of one task's summary table (strings); ``split_on``: the task's split keys."""
+    split_on = split_on or []
+    chance = any(g.chance is not None for g in groups)
+    header = [*group_by, *split_on, "n"]
+    header += [m if is_counter(m) else f"{m} mean ± std [95% CI]" for m in metrics]
+    header += [*(["chance"] if chance else []), "train s", "vs best"]
     rows = [header]
     for g in groups:
         n = max((s.n for s in g.stats.values()), default=len(g.runs))
-        mark = _mark(g)
-        if g.p_value is not None and not math.isnan(g.p_value):
-            mark = f"{mark} (p={g.p_value:.3f})".strip()
-        rows.append(
-            [*map(str, g.key), str(n), *[_cell(g.stats.get(m)) for m in metrics], _fmt(g.duration, 1), mark]
-        )
+        cells = [*map(str, g.key), str(n), *[_cell(g.stats.get(m), m) for m in metrics]]
+        cells += [_fmt(g.chance)] if chance else []
+        rows.append([*cells, _fmt(g.duration, 1), _mark(g)])
     return rows
 
 
@@ -342,12 +557,13 @@ class Report:
     files: list[Path]
     metrics: list[str]
     command: str
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
 
 
 def report_metrics(runs: list[Run], metric: str) -> list[str]:
     """The metric columns: the chosen metric first, then the other test metrics present."""
     present = sorted({m for r in runs if r.status == "completed" for m in r.metrics})
-    rest = [m for m in present if m != metric and m.startswith("test/")]
+    rest = [m for m in present if m not in (metric, CHANCE) and m.startswith("test/")]
     return [metric, *rest]
 
 
@@ -383,7 +599,7 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join(shlex.quote(a) for a in ["attn", "report", *sys.argv[2:]])
     metric = metric or PRIMARY_METRICS[0]  # tasks without it are ranked by their own primary metric
-    groups = aggregate(runs, metric, group_by, split_by)
+    groups, verdicts = aggregate_with_verdicts(runs, metric, group_by, split_by)
     metrics = report_metrics(runs, metric)
     problems = [r for r in runs if r.status != "completed"]
     files: list[Path] = []
@@ -393,7 +609,7 @@ def build(
 
         images = draw_all(runs, groups, group_by, metric, out)
         files += [p for ps in images.values() for p in ps]
-    rep = Report(groups, runs, problems, files, metrics, command)
+    rep = Report(groups, runs, problems, files, metrics, command, verdicts)
     if "csv" in formats:
         files += _write_csv(rep, group_by, out)
     if "md" in formats:
@@ -426,14 +642,24 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
     runs_csv = _write_text(out / "runs.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(
-        ["task", *group_by, "metric", "n", "mean", "std", "ci_low", "ci_high", "best", "tied", "p_vs_best"]
-    )
+    keys = sorted({k for v in rep.verdicts.values() for k in v.split_keys})
+    head = ["task", *group_by, *keys, "metric", "n", "mean", "std", "ci_low", "ci_high", "chance"]
+    w.writerow([*head, "best", "tied", "p_vs_best", "p_holm"])
+
+    def num(x: float | None) -> float | str:
+        return "" if x is None or math.isnan(x) else x
+
     for split, groups in rep.groups.items():
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
         for g in groups:
+            base, extra = g.key[: len(group_by)], dict(zip(own, g.key[len(group_by) :], strict=True))
             for m, s in g.stats.items():
-                lo, hi = s.ci
-                w.writerow([split, *g.key, m, s.n, s.mean, s.std, lo, hi, g.best, g.tied, g.p_value])
+                r = g.rank(m)
+                lo, hi = (math.nan, math.nan) if is_counter(m) else s.ci
+                chance = g.chance if m == "test/acc" else None
+                std = math.nan if is_counter(m) else s.std
+                row = [split, *base, *[extra.get(k, "") for k in keys], m, s.n, s.mean, num(std), num(lo)]
+                w.writerow([*row, num(hi), num(chance), r.best, r.tied, num(r.p), num(r.p_holm)])
     return [runs_csv, _write_text(out / "summary.csv", buf.getvalue())]
 
 
@@ -445,21 +671,41 @@ def _counts(rep: Report) -> str:
     return f"{len(rep.runs)} runs read ({detail})"
 
 
+CAPTION = (
+    "Cells: mean ± sample std [95% t-interval over seeds, clipped to the metric's range: [0, 1] for rates,"
+    " [0, 100] for BLEU/chrF, ≥ 0 for losses]; counters (examples, steps, epochs) show their value or range."
+    " A group pools the runs whose configs are equal except for the seed and keys that cannot change a"
+    " result (run name, logger, progress bar, threads); any other key that differs becomes a column."
+    " best: the best mean among groups with 2 or more seeds, marked only when some group differs from it"
+    f" (Welch's t-test against it, Holm-corrected over the task's comparisons, α = {ALPHA}; for rates each"
+    " group's std counts as at least one test example) and not every group is at chance level; ≈ best:"
+    f" Holm-adjusted p ≥ {ALPHA}; at chance: the interval reaches the task's chance level (majority class)."
+)
+
+
+def task_lines(rep: Report, split: str) -> list[str]:
+    """One task's plain-text heading lines: its ranking metric, the keys it split on, its verdict."""
+    groups = rep.groups[split]
+    ranked_by = groups[0].metric if groups else rep.metrics[0]
+    lines = [f"Ranked by {ranked_by}" + (f" ({rep.metrics[0]} is not logged by this task)."
+                                          if ranked_by != rep.metrics[0] else ".")]  # fmt: skip
+    v = rep.verdicts.get(split)
+    if v and v.split_keys:
+        lines.append(f"Split on {', '.join(v.split_keys)}: runs that differ in these are not pooled.")
+    if v and v.text:
+        lines.append(f"Verdict: {v.text}.")
+    return lines
+
+
 def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]], out: Path) -> str:
     lines = ["# attn report", "", f"Generated {now_iso()} by `{rep.command}`.", "", _counts(rep) + ".", ""]
-    lines += [
-        f"Cells: mean ± sample std [95% t-interval] of the completed runs (seeds). best: best mean of"
-        f" the task's ranking metric (`{rep.metrics[0]}`, else {' or '.join(PRIMARY_METRICS)}; first"
-        f" column); ≈ best: Welch's t-test against the best gives p ≥ {ALPHA}.",
-        "",
-    ]
+    lines += [CAPTION, ""]
     for split, groups in rep.groups.items():
-        lines += [
-            f"## task: {split}",
-            "",
-            _markdown_table(table_rows(groups, group_by, split_metrics(groups))),
-            "",
-        ]
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
+        lines += [f"## task: {split}", ""]
+        lines += [*task_lines(rep, split)[:-1], ""]
+        lines += [f"**{task_lines(rep, split)[-1]}**", ""]
+        lines += [_markdown_table(table_rows(groups, group_by, split_metrics(groups), own)), ""]
         for img in images.get(split, []):
             lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
         lines.append("")
@@ -480,15 +726,13 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         "table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
         "tr.best{background:#d4f7d4;font-weight:bold}tr.tied{background:#eef9ee}"
-        "img{max-width:100%;margin:0.5em 0}code{background:#f4f4f4}"
+        "img{max-width:100%;margin:0.5em 0}code{background:#f4f4f4}p.verdict{font-weight:bold}"
     )
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>attn report</title><style>{style}</style>"
         "</head><body><h1>attn report</h1>",
         f"<p>Generated {html.escape(now_iso())} by <code>{html.escape(rep.command)}</code>.</p>",
-        f"<p>{html.escape(_counts(rep))}. Cells: mean ± sample std [95% t-interval] over seeds; green:"
-        f" best mean of the task's ranking metric (first column: <code>{html.escape(rep.metrics[0])}</code>,"
-        f" else {' or '.join(PRIMARY_METRICS)}); light green: Welch p ≥ {ALPHA} against it.</p>",
+        f"<p>{html.escape(_counts(rep))}. {html.escape(CAPTION)} Green: best; light green: ≈ best.</p>",
     ]
 
     def img_tag(path: Path) -> str:
@@ -496,9 +740,13 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         return f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
 
     for split, groups in rep.groups.items():
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
         marks = ["best" if g.best else ("tied" if g.tied else "") for g in groups]
         parts.append(f"<h2>task: {html.escape(split)}</h2>")
-        parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups)), marks))
+        *notes, verdict = task_lines(rep, split)
+        parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+        parts.append(f"<p class='verdict'>{html.escape(verdict)}</p>")
+        parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups), own), marks))
         parts += [img_tag(p) for p in images.get(split, [])]
     parts += [img_tag(p) for p in images.get("", [])]
     if rep.problems:
@@ -515,26 +763,40 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
     def num(x: float | None) -> float | None:
         return None if x is None or math.isnan(x) else x
 
+    def group(g: Group, own: list[str]) -> dict[str, Any]:
+        return {
+            **dict(zip([*group_by, *own], g.key, strict=True)),
+            "ranked_by": g.metric,
+            "best": g.best,
+            "tied": g.tied,
+            "p_vs_best": num(g.p_value),
+            "p_holm": num(g.rank().p_holm),
+            "chance": g.chance,
+            "metrics": {
+                m: {
+                    "n": s.n,
+                    "mean": s.mean,
+                    "std": num(s.std),
+                    "ci": [num(c) for c in s.ci],
+                    "best": g.rank(m).best,
+                    "tied": g.rank(m).tied,
+                    "p_vs_best": num(g.rank(m).p),
+                    "p_holm": num(g.rank(m).p_holm),
+                }
+                for m, s in g.stats.items()
+            },
+        }
+
+    tasks, verdicts = {}, {}
+    for split, groups in rep.groups.items():
+        v = rep.verdicts.get(split) or Verdict("", [])
+        tasks[split] = [group(g, v.split_keys) for g in groups]
+        verdicts[split] = {"verdict": v.text, "split_on": v.split_keys, "comparisons": v.comparisons}
     return {
         "command": rep.command,
         "runs": len(rep.runs),
         "problems": [{"run_dir": r.run_dir, "status": r.status, "error": r.error} for r in rep.problems],
         "metric": rep.metrics[0],
-        "tasks": {
-            split: [
-                {
-                    **dict(zip(group_by, g.key, strict=True)),
-                    "ranked_by": g.metric,
-                    "best": g.best,
-                    "tied": g.tied,
-                    "p_vs_best": num(g.p_value),
-                    "metrics": {
-                        m: {"n": s.n, "mean": s.mean, "std": num(s.std), "ci": [num(c) for c in s.ci]}
-                        for m, s in g.stats.items()
-                    },
-                }
-                for g in groups
-            ]
-            for split, groups in rep.groups.items()
-        },
+        "verdicts": verdicts,
+        "tasks": tasks,
     }

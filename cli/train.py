@@ -147,6 +147,15 @@ def _baseline(dm: Any) -> dict[str, float]:
     return {}
 
 
+def _chance(dm: Any) -> dict[str, float]:
+    """The task's chance level: the accuracy of always predicting the test split's majority class."""
+    import torch
+
+    labels = dm.datasets["test"].tensors[1]
+    counts = torch.bincount(labels.flatten().long())
+    return {"test/chance_acc": float(counts.max()) / max(1, labels.numel())}
+
+
 def _finish_wandb(exit_code: int, preempted: bool = False) -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
@@ -314,8 +323,10 @@ def fit_and_test(
         )
     metrics["train/epochs"] = float(trainer.current_epoch)
     metrics["train/steps"] = float(trainer.global_step)
-    if cfg.baseline and trainer.is_global_zero and hasattr(dm, "n_classes"):  # classification tasks
-        metrics.update(_baseline(dm))
+    if hasattr(dm, "n_classes"):  # classification tasks
+        metrics.update(_chance(dm))
+        if cfg.baseline and trainer.is_global_zero:
+            metrics.update(_baseline(dm))
     record.data["best_checkpoint"] = best
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":

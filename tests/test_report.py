@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 from attn.cli.records import write_json_atomic
-from attn.cli.report import Run, Stat, aggregate, build, collect, collect_wandb, lower_is_better
+from attn.cli.report import (
+    Run,
+    Stat,
+    aggregate,
+    aggregate_with_verdicts,
+    build,
+    collect,
+    collect_wandb,
+    holm,
+    lower_is_better,
+    welch_p,
+)
 from attn.cli.schema import ConfigError
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (from tables)
@@ -33,6 +44,7 @@ def fake_run(root: Path, name: str, attention: str, temperature: float, seed: in
             "attention": {"kind": attention},
             "softmax": {"name": "softmax", "temperature": temperature},
             "seed": seed,
+            **kw.get("config", {}),
         },
         "metrics": kw.get("metrics", {"test/acc": acc, "test/ece": 1 - acc})
         if kw.get("status", "completed") == "completed"
@@ -87,7 +99,10 @@ def test_best_and_statistically_tied_groups(runs_dir):
     linear = by_key[("linear", 1.0)]
     assert not linear.tied and linear.p_value < 0.01
     single = by_key[("scaled_dot", 4.0)]
-    assert not single.tied and math.isnan(single.p_value)  # one seed: no test, no claim
+    assert not single.tied and single.p_value is None  # one seed: no test, no claim
+    # Holm over the two comparisons: the smaller p doubled, the larger kept (never below the smaller).
+    assert linear.rank().p_holm == pytest.approx(2 * linear.p_value)
+    assert additive.rank().p_holm == pytest.approx(max(additive.p_value, 2 * linear.p_value))
     assert by_key[("scaled_dot", 1.0)].duration == pytest.approx(11.0)
 
 
@@ -236,7 +251,196 @@ def test_tasks_without_the_metric_are_ranked_by_their_own(runs_dir, tmp_path):
     assert best["translation"][0].key[0] == "additive" and best["translation"][0].metric == "test/bleu"
     md = (tmp_path / "r" / "report.md").read_text()
     translation = md[md.index("## task: translation") :]
-    assert translation.splitlines()[2].startswith("| attention | softmax | temperature | n | test/bleu mean")
-    assert "test/acc" not in translation.splitlines()[2]
+    header = next(line for line in translation.splitlines() if line.startswith("| attention"))
+    assert header.startswith("| attention | softmax | temperature | n | test/bleu mean")
+    assert "test/acc" not in header
+    assert "Ranked by test/bleu (test/acc is not logged by this task)." in translation
     with pytest.raises(ConfigError, match="metric 'test/f1' is in no completed run"):
         build(collect(runs_dir), tmp_path / "r2", metric="test/f1", plots=False)
+
+
+# --------------------------------------------------------------------------------------------
+# a report that never overstates
+
+
+def _groups(tmp_path, table, **kw):
+    """Fake runs from ``{(attention, temperature): [acc per seed]}``; the task's groups and verdict."""
+    for (attention, temperature), values in table.items():
+        for seed, acc in enumerate(values):
+            metrics = {"test/acc": acc, "test/ece": abs(0.9 - acc) / 3, "test/examples": 2000.0}
+            metrics.update(kw.get("extra", {}))
+            name = f"{attention}-{temperature}-{seed}"
+            fake_run(tmp_path / "runs", name, attention, temperature, seed, acc, metrics=metrics)
+    groups, verdicts = aggregate_with_verdicts(collect(tmp_path / "runs"), "test/acc")
+    return groups["classification"], verdicts["classification"]
+
+
+def test_runs_are_pooled_only_when_their_configs_are_equal(tmp_path):
+    # Same attention/softmax/temperature, seed 0 everywhere, but different epochs, model sizes and a
+    # debug preset: five different experiments, not five seeds of one.
+    variants = [
+        {"trainer": {"max_epochs": 3, "fast_dev_run": False}, "model": {"d_model": 64}},
+        {"trainer": {"max_epochs": 10, "fast_dev_run": False}, "model": {"d_model": 64}},
+        {"trainer": {"max_epochs": 10, "fast_dev_run": False}, "model": {"d_model": 128}},
+        {"trainer": {"max_epochs": 10, "fast_dev_run": True}, "model": {"d_model": 64}},
+    ]
+    for i, extra in enumerate(variants):
+        fake_run(tmp_path / "runs", f"v{i}", "scaled_dot", 1.0, 0, 0.6 + i / 10, config=extra)
+    # Keys that cannot change a result do not split: run name, logger, threads, progress bar.
+    for seed, logger in ((1, "csv"), (2, "wandb")):
+        neutral = {
+            **variants[1],
+            "name": f"n{seed}",
+            "logger": {"kind": logger},
+            "threads": {"threads": seed},
+        }
+        neutral["trainer"] = {**neutral["trainer"], "enable_progress_bar": bool(seed % 2)}
+        fake_run(tmp_path / "runs", f"n{seed}", "scaled_dot", 1.0, seed, 0.7, config=neutral)
+    rep = build(collect(tmp_path / "runs"), tmp_path / "r", formats=("md", "csv"), plots=False)
+    (groups,) = rep.groups.values()
+    verdict = rep.verdicts["classification"]
+    assert (
+        verdict.split_keys
+        == ["logger.kind", "model.d_model", "trainer.fast_dev_run", "trainer.max_epochs"][1:]
+    )
+    assert sorted(g.stats["test/acc"].n for g in groups) == [1, 1, 1, 3]
+    assert not any(g.best for g in groups)  # three single runs and one group: nothing to compare
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Split on model.d_model, trainer.fast_dev_run, trainer.max_epochs: runs that differ" in md
+    assert (
+        "| attention | softmax | temperature | model.d_model | trainer.fast_dev_run | trainer.max_epochs |"
+        in md
+    )
+    summary = (tmp_path / "r" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("task,attention,softmax,temperature,model.d_model,trainer.fast_dev_run,")
+
+
+def test_no_best_when_every_group_is_at_chance(tmp_path):
+    table = {("scaled_dot", 1.0): [0.50, 0.53, 0.52], ("additive", 1.0): [0.49, 0.50, 0.50]}
+    groups, verdict = _groups(tmp_path, table, extra={"test/chance_acc": 0.5})
+    assert not any(g.best for g in groups)
+    assert all(g.rank().at_chance for g in groups)
+    assert verdict.text.startswith("every group is at chance level (test/acc 0.5000")
+
+
+def test_no_best_when_no_group_differs(tmp_path):
+    table = {("scaled_dot", 1.0): [0.80, 0.85, 0.75], ("additive", 1.0): [0.81, 0.79, 0.83]}
+    groups, verdict = _groups(tmp_path, table)
+    assert not any(g.best for g in groups)
+    assert verdict.text.startswith(
+        "no group differs from the one with the best mean (additive / softmax / 1.0"
+    )
+    assert "Holm-corrected over 1 comparison(s)" in verdict.text
+
+
+def test_best_needs_two_seeds(tmp_path):
+    groups, verdict = _groups(tmp_path, {("scaled_dot", 1.0): [0.95], ("additive", 1.0): [0.60]})
+    assert not any(g.best for g in groups)
+    assert verdict.text == "no group has 2 or more seeds of test/acc: nothing is ranked"
+
+
+def test_a_separated_best_is_named(tmp_path):
+    table = {("scaled_dot", 1.0): [0.95, 0.96, 0.97], ("additive", 1.0): [0.60, 0.62, 0.61]}
+    groups, verdict = _groups(tmp_path, table, extra={"test/chance_acc": 0.5})
+    (best,) = [g for g in groups if g.best]
+    assert best.key[0] == "scaled_dot" and not best.rank().at_chance
+    assert verdict.text.startswith("best: scaled_dot / softmax / 1.0 (test/acc 0.9600); 1 of 1 other group")
+
+
+def test_zero_variance_groups_one_example_apart_are_not_significant():
+    # [1, 1, 1] against [0.9995] * 3 on 2000 test examples: one example apart, no spread at all.
+    a, b = Stat([1.0, 1.0, 1.0]), Stat([0.9995] * 3)
+    assert math.isnan(welch_p(a, b))  # no resolution known: untestable, never "p = 0"
+    p = welch_p(a, b, floor=1 / 2000)
+    assert 0.05 < p < 1  # each std counted as one example: t = 1.22, df = 4
+    assert p == pytest.approx(
+        2 * __import__("scipy.stats").stats.t.sf(0.0005 / math.sqrt(2 * 0.0005**2 / 3), 4)
+    )
+    assert welch_p(a, Stat([1.0, 1.0, 1.0])) == 1.0
+
+
+def test_zero_variance_groups_through_the_report(tmp_path):
+    groups, verdict = _groups(
+        tmp_path, {("scaled_dot", 1.0): [1.0, 1.0, 1.0], ("additive", 1.0): [0.9995] * 3}
+    )
+    additive = next(g for g in groups if g.key[0] == "additive")
+    assert additive.tied and additive.p_value > 0.05
+    assert not any(g.best for g in groups) and verdict.text.startswith("no group differs")
+
+
+def test_holm_adjustment_by_hand():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.02, math.nan, 0.5])
+    assert adjusted[0] == pytest.approx(0.04) and math.isnan(adjusted[1]) and adjusted[2] == 0.5
+
+
+def test_intervals_respect_the_metric_range(tmp_path):
+    acc = Stat([0.99, 1.0, 1.0], (0.0, 1.0))
+    assert acc.ci[1] == 1.0 and acc.ci[0] < 0.99
+    ece = Stat([0.001, 0.02, 0.0], (0.0, 1.0))
+    assert ece.ci[0] == 0.0
+    groups, _ = _groups(tmp_path, {("scaled_dot", 1.0): [0.99, 1.0, 1.0]})
+    lo, hi = groups[0].stats["test/acc"].ci
+    assert 0.0 <= lo <= hi <= 1.0
+
+
+def test_summary_csv_has_each_metrics_own_columns(tmp_path):
+    table = {
+        ("scaled_dot", 1.0): [0.95, 0.96, 0.97],
+        ("additive", 1.0): [0.60, 0.62, 0.61],
+        ("dot", 1.0): [0.7],
+    }
+    for (attention, temperature), values in table.items():
+        for seed, acc in enumerate(values):
+            ece = 0.05 + seed / 100 + (0.001 if attention == "additive" else 0.0)
+            metrics = {"test/acc": acc, "test/ece": ece, "test/examples": 2000.0}
+            fake_run(
+                tmp_path / "runs", f"{attention}-{seed}", attention, temperature, seed, acc, metrics=metrics
+            )
+    build(collect(tmp_path / "runs"), tmp_path / "r", formats=("csv",), plots=False)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "r" / "summary.csv").open()))
+    get = {(r["attention"], r["metric"]): r for r in rows}
+    acc, ece = get[("additive", "test/acc")], get[("additive", "test/ece")]
+    assert float(acc["p_vs_best"]) < 0.01 and float(ece["p_vs_best"]) > 0.5  # each metric its own test
+    assert (
+        get[("scaled_dot", "test/acc")]["best"] == "True"
+        and get[("scaled_dot", "test/ece")]["best"] == "False"
+    )
+    single = get[("dot", "test/acc")]
+    assert single["std"] == single["ci_low"] == single["p_vs_best"] == ""  # n = 1: empty, not nan
+    counter = get[("additive", "test/examples")]
+    assert counter["std"] == counter["ci_low"] == "" and counter["best"] == "False"
+    assert "nan" not in (tmp_path / "r" / "summary.csv").read_text()
+
+
+def test_counters_and_chance_in_the_tables(tmp_path):
+    table = {("scaled_dot", 1.0): [0.95, 0.96, 0.97], ("additive", 1.0): [0.60, 0.62, 0.61]}
+    _groups(tmp_path, table, extra={"test/chance_acc": 0.5})
+    build(collect(tmp_path / "runs"), tmp_path / "r", formats=("md",), plots=False)
+    md = (tmp_path / "r" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| attention"))
+    assert "| test/examples |" in header and "test/examples mean" not in header
+    assert "| chance |" in header and "test/chance_acc" not in header
+    row = next(line for line in md.splitlines() if line.startswith("| additive"))
+    assert "| 2000 |" in row and "| 0.5000 |" in row
+    assert "clipped to the metric's range" in md and "Holm-corrected" in md
+
+
+def test_console_table_shows_each_tasks_own_ranking_metric(runs_dir):
+    from typer.testing import CliRunner
+
+    from attn.cli.main import app
+
+    for seed, (dot, additive) in enumerate([(90.0, 95.0), (91.0, 96.0), (92.0, 97.0)]):
+        for kind, bleu in (("dot", dot), ("additive", additive)):
+            metrics = {"test/bleu": bleu, "test/loss": 1.0}
+            fake_run(runs_dir / "trials", f"mt-{kind}-{seed}", kind, 1.0, seed, 0.0, task="translation",
+                     metrics=metrics)  # fmt: skip
+    out = CliRunner().invoke(app, ["report", str(runs_dir), "--metric", "test/ece", "--no-plots"])
+    assert out.exit_code == 0, out.output
+    translation = out.output[out.output.index("task: translation") :]
+    assert "test/bleu" in translation and "test/ece" not in translation.split("Ranked by")[0]
+    assert "Ranked by test/bleu (test/ece is not logged by this task)." in translation
+    assert "Verdict: best: additive" in translation
