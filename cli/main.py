@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,11 +22,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-OVERRIDES_HELP = (
-    "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=3 seed=7. "
-    "Groups: task, model, attention, softmax, optim, trainer, logger, experiment, debug. "
-    "resume=<run dir> continues an interrupted run (only trainer.max_epochs may change). "
+CONF = Path(__file__).resolve().parent.parent / "conf"  # the config tree (read, not imported, here)
+GROUPS = ("task", "model", "attention", "softmax", "precision", "optim", "trainer", "logger",
+          "experiment", "debug")  # fmt: skip
+
+
+def _options(group: str) -> str:
+    return ", ".join(sorted(p.stem for p in (CONF / group).glob("*.yaml"))) or "-"
+
+
+def _groups_epilog() -> str:
+    """The config groups and their options, read from the config tree (one paragraph each)."""
+    lines = [f"Config groups and their options (from {CONF}); pick one with group=option:"]
+    lines += [f"{g}: {_options(g)}" for g in GROUPS]
+    lines.append(
+        "Any key: key=value (e.g. trainer.max_epochs=3); a key the config lacks: +key=value; the whole"
+        " composed config: --cfg job."
+    )
+    return "\n\n".join(lines)
+
+
+COMMON_HELP = (
+    "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=8 seed=7. "
     "threads=auto|<n>|torch sets the CPU threads (auto: the CPUs this process may use, see README)."
+)
+OVERRIDES_HELP = COMMON_HELP + (
+    " resume=<run dir> continues an interrupted run (only trainer.max_epochs and threads may change)."
 )
 
 
@@ -69,7 +91,7 @@ def _print_summary(record: dict) -> None:
     )
 
 
-@app.command(context_settings={"ignore_unknown_options": True})
+@app.command(context_settings={"ignore_unknown_options": True}, epilog=_groups_epilog())
 def train(
     overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
     cfg: Annotated[CfgPart | None, typer.Option("--cfg", help="Print the composed config and exit.")] = None,
@@ -124,6 +146,7 @@ def train(
 SWEEP_HELP = (
     "Sweep settings and trial overrides in Hydra's sweep syntax, e.g. sweep=temperature, "
     "attention=scaled_dot,additive softmax.temperature=0.5,1,2 seed=range(3), launcher=joblib n_jobs=2. "
+    f"Presets (sweep=, from {CONF / 'sweep'}): {_options('sweep')}. "
     "Launchers: basic (default, one after another), joblib, submitit_local, slurm."
 )
 
@@ -227,6 +250,8 @@ def report(
         else:
             root = path or "runs"
             runs = collect(root)
+            if not runs:
+                raise ConfigError(f"{root}: no runs found (no results.json or sweep.json under it)")
             target = out or f"{root}/report"
         rep = build(
             runs, target, metric=metric, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
@@ -265,9 +290,9 @@ def _print_report(rep, group_by: tuple[str, ...]) -> None:
         console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False, soft_wrap=True)
 
 
-@app.command(context_settings={"ignore_unknown_options": True})
+@app.command(context_settings={"ignore_unknown_options": True}, epilog=_groups_epilog())
 def bench(
-    overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help=COMMON_HELP, show_default=False)] = None,
     steps: Annotated[int, typer.Option("--steps", help="Measured training steps per loop.")] = 30,
     warmup: Annotated[int, typer.Option("--warmup", help="Steps run before measuring.")] = 5,
     matmul_n: Annotated[int, typer.Option("--matmul-n", help="Matrix size of the peak measurement.")] = 2048,

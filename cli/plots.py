@@ -215,7 +215,8 @@ def heatmaps(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[st
 
 
 def _checkpoint(run: Run) -> str | None:
-    """The run's best checkpoint, if it is on disk."""
+    """The run's best checkpoint, if it is on disk (looked up in the run directory when the run was
+    moved or copied since the record was written)."""
     import json
 
     try:
@@ -223,7 +224,10 @@ def _checkpoint(run: Run) -> str | None:
     except (OSError, ValueError):
         return None
     ckpt = record.get("best_checkpoint")
-    return ckpt if ckpt and Path(ckpt).exists() else None
+    if not isinstance(ckpt, str) or not ckpt:
+        return None
+    here = Path(run.run_dir) / "checkpoints" / Path(ckpt).name
+    return str(here) if here.exists() else (ckpt if Path(ckpt).exists() else None)
 
 
 def draw_all(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str,

@@ -25,6 +25,7 @@ from typing import Any
 
 from .records import RECORD_KEYS, now_iso, write_json_atomic
 from .schema import ConfigError
+from .sweep import trial_dir
 
 ALIASES = {
     "attention": "attention.kind",
@@ -239,7 +240,7 @@ def collect(root: str | Path) -> list[Run]:
             )
             continue
         for t in trials:
-            run_dir = str(Path(t["run_dir"]).resolve())
+            run_dir = str(trial_dir(manifest_path.parent, t).resolve())
             if run_dir not in runs:
                 runs[run_dir] = Run(run_dir, "missing", error=t.get("error") or "no results.json")
     return list(runs.values())
@@ -703,8 +704,8 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
     for split, groups in rep.groups.items():
         own = rep.verdicts[split].split_keys if split in rep.verdicts else []
         lines += [f"## task: {split}", ""]
-        lines += [*task_lines(rep, split)[:-1], ""]
-        lines += [f"**{task_lines(rep, split)[-1]}**", ""]
+        for t in task_lines(rep, split):
+            lines += [f"**{t}**" if t.startswith("Verdict") else t, ""]
         lines += [_markdown_table(table_rows(groups, group_by, split_metrics(groups), own)), ""]
         for img in images.get(split, []):
             lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
@@ -743,9 +744,9 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         own = rep.verdicts[split].split_keys if split in rep.verdicts else []
         marks = ["best" if g.best else ("tied" if g.tied else "") for g in groups]
         parts.append(f"<h2>task: {html.escape(split)}</h2>")
-        *notes, verdict = task_lines(rep, split)
-        parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-        parts.append(f"<p class='verdict'>{html.escape(verdict)}</p>")
+        for t in task_lines(rep, split):
+            cls = " class='verdict'" if t.startswith("Verdict") else ""
+            parts.append(f"<p{cls}>{html.escape(t)}</p>")
         parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups), own), marks))
         parts += [img_tag(p) for p in images.get(split, [])]
     parts += [img_tag(p) for p in images.get("", [])]

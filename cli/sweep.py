@@ -164,7 +164,7 @@ def plan(
                 "id": tid,
                 "overrides": overrides,
                 "values": values,
-                "run_dir": str(root / "trials" / f"{tid}-{slug}"),
+                "run_dir": f"trials/{tid}-{slug}",  # relative to the sweep directory: it can move
                 "devices": cfg.trainer.devices,
                 "num_nodes": cfg.trainer.num_nodes,
                 "accelerator": cfg.trainer.accelerator,
@@ -223,12 +223,25 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def trial_done(trial: dict[str, Any], warn: bool = False) -> bool:
+def trial_dir(sweep_dir: str | Path, trial: dict[str, Any]) -> Path:
+    """A trial's run directory: ``run_dir`` of the manifest, relative to the sweep directory.
+
+    Manifests written before paths were relative hold absolute paths; when such a sweep has been moved,
+    the trial's directory is looked up under the sweep directory by its name.
+    """
+    path = Path(trial["run_dir"])
+    if not path.is_absolute():
+        return Path(sweep_dir).resolve() / path
+    moved = Path(sweep_dir).resolve() / "trials" / path.name
+    return moved if not path.exists() and moved.exists() else path
+
+
+def trial_done(sweep_dir: str | Path, trial: dict[str, Any], warn: bool = False) -> bool:
     """Whether the trial's ``results.json`` says completed (the run directory is the truth).
 
     A corrupt record counts as not completed; with ``warn`` it is reported with its path.
     """
-    path = Path(trial["run_dir"]) / "results.json"
+    path = trial_dir(sweep_dir, trial) / "results.json"
     if not path.exists():
         return False
     try:
@@ -293,21 +306,21 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     ``cpus``: the trial's share of this machine's CPUs (``ATTN_CPUS``), from which the trial's
     thread policy (:mod:`attn.cli.threads`) picks its threads; None leaves it every CPU it may use.
     """
-    root = Path(sweep_dir)
+    root = Path(sweep_dir).resolve()
     rank = int(os.environ.get("SLURM_PROCID", "0"))  # submitit runs the job once per SLURM task
     with locked_manifest(root) as m:
         trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
-        if trial_done(trial):
+        run_dir = trial_dir(root, trial)
+        if trial_done(root, trial):
             trial["status"] = "completed"
             return "completed"
-        resume = _resumable(Path(trial["run_dir"]))
+        resume = _resumable(run_dir)
         if rank == 0:
             trial["attempts"] += 1
             if not resume:
-                _set_aside(Path(trial["run_dir"]), root, trial["attempts"] - 1)
+                _set_aside(run_dir, root, trial["attempts"] - 1)
             trial.update(status="running", started=now_iso(), error=None)
         manifest = {k: v for k, v in m.items() if k != "trials"}
-    run_dir = Path(trial["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
     if cpus:
@@ -397,7 +410,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
     with locked_manifest(root) as m:
         todo = []
         for t in m["trials"]:
-            if trial_done(t, warn=True):
+            if trial_done(root, t, warn=True):
                 t["status"] = "completed"
             else:
                 t["status"] = "pending" if t["status"] != "failed" else "failed"
@@ -442,7 +455,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
 def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:
     """Plan the sweep, write its directory and manifest; returns the directory."""
     manifest, _ = plan(args, sweep_dir, skip_invalid)
-    root = Path(manifest["sweep_dir"])
+    root = Path(manifest.pop("sweep_dir"))  # not recorded: the manifest's own directory is the sweep's
     if (root / MANIFEST).exists():
         raise ConfigError(f"{root} already holds a sweep; resume it with attn sweep --resume {root}")
     root.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ brown, 5-30 dB SNR) from a generator seeded per clip.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
@@ -124,10 +125,26 @@ def synthesise(u: Utterance, sample_rate: int, n_samples: int, noise: bool = Tru
 
 
 def synthesise_all(
-    utterances: list[Utterance], sample_rate: int, n_samples: int, noise: bool = True, workers: int = 4
+    utterances: list[Utterance],
+    sample_rate: int,
+    n_samples: int,
+    noise: bool = True,
+    workers: int = 4,
+    label: str = "eSpeak NG: synthesising keywords",
 ) -> np.ndarray:
-    """``[N, n_samples]`` float32 clips (eSpeak processes run in parallel)."""
+    """``[N, n_samples]`` float32 clips (eSpeak processes run in parallel), with a progress bar on
+    stderr (first process of a distributed job only)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     espeak()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        clips = list(pool.map(lambda u: synthesise(u, sample_rate, n_samples, noise), utterances))
+    first = os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress = Progress(*columns, console=Console(stderr=True), disable=not first)
+    clips = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress:
+        task = progress.add_task(label, total=len(utterances))
+        for clip in pool.map(lambda u: synthesise(u, sample_rate, n_samples, noise), utterances):
+            clips.append(clip)
+            progress.advance(task)
     return np.stack(clips) if clips else np.zeros((0, n_samples), np.float32)

@@ -268,7 +268,10 @@ class SpeechDataModule(SplitDataModule):
             voices = split_variants(s["variants"], s["n_val_voices"], s["n_test_voices"], self.seed)
             for split in SPLITS:
                 utterances = plan(classes, s["accents"], voices[split], s["repeats"], self.seed)
-                clips = synthesise_all(utterances, self.features.sample_rate, self.n_samples, s["noise"])
+                label = f"eSpeak NG: synthesising the {split} split (cached after the first run)"
+                clips = synthesise_all(
+                    utterances, self.features.sample_rate, self.n_samples, s["noise"], label=label
+                )
                 xs[split] = self._features(clips)
                 ys[split] = torch.tensor([classes.index(u.word) for u in utterances])
         else:

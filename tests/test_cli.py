@@ -137,3 +137,21 @@ def test_run_dir_path_is_printed_on_one_line(monkeypatch, capsys):
     path = "/a/rather/long/runs/20261127-050041-classification-scaled_dot-softmax-T1.0"
     _print_summary({"status": "completed", "metrics": {"test/acc": 0.5}, "run_dir": path, "duration_s": 1.0})
     assert f"run dir: {path}  (1.0 s)" in capsys.readouterr().out.splitlines()
+
+
+def test_help_lists_the_config_options_and_presets():
+    from typer.testing import CliRunner
+
+    from attn.cli.main import app
+
+    runner = CliRunner()
+    train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
+    for line in ("attention: additive, dot, general, linear, local, scaled_dot, sigmoid",
+                 "precision: 32, bf16-mixed", "trainer: cpu, ddp, ddp_cpu, ddp_fork, gpu",
+                 "+key=value", "resume=<run dir>"):  # fmt: skip
+        assert line in train, line
+    assert str(Path(__file__).resolve().parent.parent / "conf") in train
+    sweep = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "300"}).output
+    assert "attention_kinds, smoke, study, temperature" in " ".join(sweep.replace("│", " ").split())
+    bench = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "300"}).output
+    assert "resume=" not in bench and "softmax: entmax15, softmax, softmax1, sparsemax" in bench

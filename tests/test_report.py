@@ -444,3 +444,15 @@ def test_console_table_shows_each_tasks_own_ranking_metric(runs_dir):
     assert "test/bleu" in translation and "test/ece" not in translation.split("Ranked by")[0]
     assert "Ranked by test/bleu (test/ece is not logged by this task)." in translation
     assert "Verdict: best: additive" in translation
+
+
+def test_report_on_an_empty_directory_names_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from attn.cli.main import app
+
+    (tmp_path / "empty").mkdir()
+    out = CliRunner().invoke(app, ["report", str(tmp_path / "empty")])
+    assert out.exit_code == 2
+    expected = f"error: {tmp_path / 'empty'}: no runs found (no results.json or sweep.json under it)"
+    assert expected in out.output

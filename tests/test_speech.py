@@ -407,3 +407,19 @@ def test_speech_classifier_every_softmax_variant(softmax):
     logits.sum().backward()
     assert logits.isfinite().all() and weights[0].isfinite().all()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in net.parameters() if p.requires_grad)
+
+
+def test_synthesis_shows_progress_on_stderr(monkeypatch, capsys):
+    from attn.datamodules import keywords
+
+    monkeypatch.setattr(keywords, "espeak", lambda: "espeak-ng")
+    monkeypatch.setattr(keywords, "synthesise", lambda u, sr, n, noise: np.zeros(n, np.float32))
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    clips = keywords.synthesise_all(list(range(7)), 16000, 100, label="synthesising the val split")
+    assert clips.shape == (7, 100)
+    err = capsys.readouterr().err
+    assert "synthesising the val split" in err and "7/7" in err
+    monkeypatch.setenv("LOCAL_RANK", "1")  # other DDP ranks stay quiet
+    keywords.synthesise_all(list(range(3)), 16000, 100)
+    assert capsys.readouterr().err == ""

@@ -139,8 +139,9 @@ def test_smoke_sweep_end_to_end(tmp_path):
     dirs = {t["run_dir"] for t in m["trials"]}
     assert len(dirs) == 4
     for t in m["trials"]:
-        record = read_record(Path(t["run_dir"]) / "results.json")
-        assert record["status"] == "completed" and record["run_dir"] == t["run_dir"]
+        assert not Path(t["run_dir"]).is_absolute()  # relative to the sweep: the sweep can move
+        record = read_record(tmp_path / "s" / t["run_dir"] / "results.json")
+        assert record["status"] == "completed" and record["run_dir"] == str(tmp_path / "s" / t["run_dir"])
         assert record["config"]["attention"]["kind"] == t["values"]["attention"]
         assert str(record["config"]["softmax"]["temperature"]) in {"0.5", "2.0"}
         assert record["config"]["logger"]["group"] == "smoke"
@@ -150,6 +151,15 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert again.returncode == 2 and "attn sweep --resume" in again.stderr
     done = attn("sweep", "--resume", str(tmp_path / "s"), cwd=tmp_path)
     assert done.returncode == 0 and "[" not in done.stdout and "4 completed" in done.stdout
+    # Moved (or copied to a laptop), the sweep is still whole: resume runs nothing, report finds all.
+    moved = tmp_path / "elsewhere" / "s"
+    moved.parent.mkdir()
+    (tmp_path / "s").rename(moved)
+    done = attn("sweep", "--resume", str(moved), cwd=tmp_path)
+    assert done.returncode == 0 and "4 completed" in done.stdout and "completed in" not in done.stdout
+    assert not (tmp_path / "s").exists()
+    rep = attn("report", str(moved), "--no-plots", cwd=tmp_path)
+    assert rep.returncode == 0 and "4 runs read: 4 completed" in rep.stdout, rep.stdout + rep.stderr
 
 
 @pytest.mark.slow
@@ -173,9 +183,9 @@ def test_failing_trial_is_recorded_and_the_others_complete_in_parallel(tmp_path)
         assert t["id"] in out.stderr
         if t["values"].get("trainer") == "gpu":
             assert "attn train exited with 2: error: trainer.accelerator=gpu needs a CUDA GPU" in t["error"]
-            assert not (Path(t["run_dir"]) / "results.json").exists()
+            assert not (tmp_path / "s" / t["run_dir"] / "results.json").exists()
         else:
-            assert read_record(Path(t["run_dir"]) / "results.json")["status"] == "failed"
+            assert read_record(tmp_path / "s" / t["run_dir"] / "results.json")["status"] == "failed"
             assert "TrainingDiverged" in t["error"]
 
 
@@ -204,19 +214,21 @@ def test_resume_after_killing_the_sweep(tmp_path):
     completed = {t["id"]: t for t in before["trials"] if t["status"] == "completed"}
     killed = [t for t in before["trials"] if t["status"] == "running"]
     assert completed and len(killed) == 1
-    stamps = {tid: (Path(t["run_dir"]) / "results.json").stat().st_mtime_ns for tid, t in completed.items()}
+    stamps = {
+        tid: (sweep_dir / t["run_dir"] / "results.json").stat().st_mtime_ns for tid, t in completed.items()
+    }
 
     out = attn("sweep", "--resume", str(sweep_dir), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     after = manifest(sweep_dir)
     assert [t["status"] for t in after["trials"]] == ["completed"] * 4
     for tid, t in completed.items():  # completed trials untouched
-        assert (Path(t["run_dir"]) / "results.json").stat().st_mtime_ns == stamps[tid]
+        assert (sweep_dir / t["run_dir"] / "results.json").stat().st_mtime_ns == stamps[tid]
         assert next(a for a in after["trials"] if a["id"] == tid)["attempts"] == 1
     (redo,) = [a for a in after["trials"] if a["id"] == killed[0]["id"]]
     assert redo["attempts"] == 2
     # The killed attempt either resumed from its last checkpoint or, without one, was set aside.
-    record = read_record(Path(redo["run_dir"]) / "results.json")
+    record = read_record(sweep_dir / redo["run_dir"] / "results.json")
     set_aside = (sweep_dir / "attempts" / f"{Path(redo['run_dir']).name}.1").is_dir()
     assert set_aside != ("resumed_from" in record)
     assert out.stdout.count("completed in") == 4 - len(completed)
@@ -247,3 +259,15 @@ def test_slurm_launcher_config_follows_the_trainer():
     assert resolved == {"nodes": 2, "tasks_per_node": 4}
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
     assert OmegaConf.select(cfg, "hydra.launcher.max_num_timeout") == 3
+
+
+def test_trial_dirs_follow_a_moved_sweep(tmp_path):
+    from attn.cli.sweep import trial_dir
+
+    root = tmp_path / "new"
+    (root / "trials" / "000-x").mkdir(parents=True)
+    assert trial_dir(root, {"run_dir": "trials/000-x"}) == root.resolve() / "trials" / "000-x"
+    # A manifest written with absolute paths, then moved: found by name under the new sweep directory.
+    old = {"run_dir": str(tmp_path / "old" / "trials" / "000-x")}
+    assert trial_dir(root, old) == root.resolve() / "trials" / "000-x"
+    assert trial_dir(root, {"run_dir": "/not/moved/999-y"}) == Path("/not/moved/999-y")
