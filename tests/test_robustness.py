@@ -231,8 +231,8 @@ def test_corrupt_sweep_record_is_reported_and_rerun(tmp_path, capsys):
     root = start(["model=small", "seed=0,1"], str(tmp_path / "s"), False)
     manifest = json.loads((root / "sweep.json").read_text())
     trial = manifest["trials"][0]
-    Path(trial["run_dir"]).mkdir(parents=True)
-    (Path(trial["run_dir"]) / "results.json").write_text('{"status": "completed", "run_')  # cut mid-write
-    assert not trial_done(trial, warn=True)
+    (root / trial["run_dir"]).mkdir(parents=True)
+    (root / trial["run_dir"] / "results.json").write_text('{"status": "completed", "run_')  # cut mid-write
+    assert not trial_done(root, trial, warn=True)
     err = capsys.readouterr().err
     assert "results.json: unreadable run record" in err and "trial 000 runs again" in err
