@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from attn.cli.schema import cpu_name
+
 ATTN = shutil.which("attn") or str(Path(sys.executable).parent / "attn")
 COMMON = ["logger=none", "baseline=false", "diagnostics.enabled=false", "trainer.enable_progress_bar=false"]
 MODELS = {
@@ -122,10 +124,7 @@ def main() -> None:
     ap.add_argument("--no-sweep", action="store_true")
     args = ap.parse_args()
     cpus = len(os.sched_getaffinity(0))
-    model_name = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor(),
-    )  # fmt: skip
+    model_name = cpu_name() or platform.processor()
     print(f"{model_name}, {cpus} CPUs, Python {platform.python_version()}; wall s from start to exit")
     print("as shipped = threads=torch (torch's defaults); policy = threads=auto, [n] its threads")
     print(f"{'model':<8} {'scene':<10} {'as shipped (x alone)':>21} {'policy (x alone)':>21}")

@@ -176,7 +176,7 @@ def bench(
     """
     import torch
 
-    from .schema import ConfigError, cpu_has_bf16
+    from .schema import ConfigError, cpu_has_bf16, cpu_name
     from .threads import apply_torch
     from .threads import plan as plan_threads
 
@@ -208,7 +208,7 @@ def bench(
     flops = train_flops_per_step(cfg, batch, length)
     tokens = batch * length
     result = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if device == "cuda" else (cpu_name() or "cpu"),
         "threads": torch.get_num_threads(),
         "thread_plan": threads.as_dict(),
         "torch": torch.__version__,

@@ -359,8 +359,11 @@ def split_keys(runs: list[Run], group_by: tuple[str, ...]) -> list[str]:
     grouped = {ALIASES.get(g, g) for g in group_by}
     buckets: dict[tuple, list[dict[str, str]]] = {}
     for r in runs:
-        flat = {k: v for k, v in _flat(r.config).items() if not _neutral(k) and k not in grouped}
-        flat = {k: v for k, v in flat.items() if not any(k.startswith(g + ".") for g in grouped)}
+        flat = {
+            k: v
+            for k, v in _flat(r.config).items()
+            if not _neutral(k) and not any(k == g or k.startswith(g + ".") for g in grouped)
+        }
         buckets.setdefault(tuple(_value(r, g) for g in group_by), []).append(flat)
     varying: set[str] = set()
     for flats in buckets.values():
@@ -393,7 +396,6 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
     sign = -1 if lower_is_better(metric) else 1
     top = max(eligible, key=lambda g: sign * g.stats[metric].mean)
     others = [g for g in eligible if g is not top]
-    floor = floor or 0.0
     raw = [welch_p(top.stats[metric], g.stats[metric], floor) for g in others]
     adjusted = holm(raw)
     for g, p, q in zip(others, raw, adjusted, strict=True):
@@ -450,7 +452,7 @@ def aggregate_with_verdicts(
         extra = [k for k in split_keys(members, group_by) if k != ALIASES.get(split_by, split_by)]
         buckets: dict[tuple, list[Run]] = {}
         for run in members:
-            key = (*(run.get(g) for g in group_by), *(_value(run, k) for k in extra))
+            key = tuple(_value(run, k) for k in (*group_by, *extra))
             buckets.setdefault(key, []).append(run)
         rows = []
         for key, group_runs in buckets.items():

@@ -201,6 +201,15 @@ def _check_target(path: str, node: DictConfig) -> None:
             _check_annotation(f"{path}.{key}", value, hints[key])
 
 
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name (Linux ``model name``); ``None`` when unknown."""
+    try:
+        lines = Path(cpuinfo).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+
+
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU computes in bfloat16 natively (Linux flags); ``None`` when unknown."""
     try:

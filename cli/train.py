@@ -247,34 +247,26 @@ def _device_info(trainer: Any) -> dict[str, Any]:
     """Where the run trains: device and its name, precision, strategy, world size, DDP backend."""
     import torch
 
+    from .schema import cpu_name
+
     root = trainer.strategy.root_device
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    backend = (
+        str(dist.get_backend()) if initialised else getattr(trainer.strategy, "_process_group_backend", None)
+    )
     info: dict[str, Any] = {
         "device": str(root),
-        "name": _cpu_name(),
+        "name": torch.cuda.get_device_name(root) if root.type == "cuda" else cpu_name(),
         "precision": str(trainer.precision),
         "strategy": type(trainer.strategy).__name__,
         "world_size": trainer.world_size,
-        "backend": None,
+        "backend": backend,
         "torch": torch.__version__,
     }
     if root.type == "cuda":
-        info.update(name=torch.cuda.get_device_name(root), cuda=torch.version.cuda)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        info["backend"] = str(torch.distributed.get_backend())
-    else:
-        info["backend"] = getattr(trainer.strategy, "_process_group_backend", None)
+        info["cuda"] = torch.version.cuda
     return info
-
-
-def _cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """The CPU's model name, from ``/proc/cpuinfo`` (None where it cannot be read)."""
-    try:
-        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def fit_and_test(

@@ -83,6 +83,15 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_has_bf16(str(tmp_path / "missing")) is None
 
 
+def test_cpu_name_is_read_from_cpuinfo(tmp_path):
+    from attn.cli.schema import cpu_name
+
+    (tmp_path / "cpuinfo").write_text("processor : 0\nmodel name\t: AMD EPYC 7B13\nflags : avx2\n")
+    assert cpu_name(str(tmp_path / "cpuinfo")) == "AMD EPYC 7B13"
+    (tmp_path / "arm").write_text("processor : 0\nBogoMIPS : 50.00\n")
+    assert cpu_name(str(tmp_path / "arm")) is None and cpu_name(str(tmp_path / "missing")) is None
+
+
 def test_ddp_presets_compose():
     for preset, devices, strategy in (
         ("ddp", "auto", "ddp"),
@@ -124,6 +133,8 @@ def test_ddp_cpu_two_ranks_one_run_dir_same_metrics(tmp_path):
     assert a["test/examples"] == b["test/examples"] == 301  # each test example counted exactly once
     assert b["train/steps"] == a["train/steps"]  # the same global batches
     assert abs(a["test/acc"] - b["test/acc"]) <= 0.02 and abs(a["test/loss"] - b["test/loss"]) <= 0.02
+    device = read_record(run_dir / "results.json")["device"]
+    assert (device["strategy"], device["world_size"], device["backend"]) == ("DDPStrategy", 2, "gloo")
     threads = read_record(run_dir / "results.json")["threads"]  # the two ranks share the CPUs
     assert (threads["ranks"], threads["cpus"]) == (2, max(1, available_cpus({}) // 2))
 

@@ -36,6 +36,9 @@ def test_record_contract_and_run_dir_contents(train):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").is_file() and (run_dir / "vocab.json").is_file()
     assert not list(run_dir.glob(".results.json.*"))  # no temporary left behind
+    device = on_disk["device"]  # where it trained, for provenance
+    assert device["device"] == "cpu" and device["strategy"] == "SingleDeviceStrategy"
+    assert device["world_size"] == 1 and device["backend"] is None and device["precision"] == "32-true"
 
 
 def test_same_seed_same_metrics_other_seed_differs(train):
