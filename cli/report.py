@@ -355,21 +355,32 @@ def _neutral(key: str) -> bool:
 
 def split_keys(runs: list[Run], group_by: tuple[str, ...]) -> list[str]:
     """Config keys (besides ``group_by`` and ``NEUTRAL_KEYS``) that differ between runs that
-    ``group_by`` alone would pool: epochs, model size, a debug preset, ..."""
+    ``group_by`` alone would pool: epochs, model size, a debug preset, ...
+
+    A key that equals the run's seed in every run (``task.datamodule.seed: ${seed}``) follows the
+    seed and is pooled with it.
+    """
     grouped = {ALIASES.get(g, g) for g in group_by}
-    buckets: dict[tuple, list[dict[str, str]]] = {}
-    for r in runs:
-        flat = {
+    flats = [
+        {
             k: v
             for k, v in _flat(r.config).items()
             if not _neutral(k) and not any(k == g or k.startswith(g + ".") for g in grouped)
         }
+        for r in runs
+    ]
+    seeds = [json.dumps(r.get("seed")) for r in runs]
+    keys = set().union(*flats)
+    follows_seed = {k for k in keys if all(f.get(k) == s for f, s in zip(flats, seeds, strict=True))}
+    buckets: dict[tuple, list[dict[str, str]]] = {}
+    for r, flat in zip(runs, flats, strict=True):
         buckets.setdefault(tuple(_value(r, g) for g in group_by), []).append(flat)
-    varying: set[str] = set()
-    for flats in buckets.values():
-        for key in set().union(*flats):
-            if len({f.get(key, "<absent>") for f in flats}) > 1:
-                varying.add(key)
+    varying = {
+        key
+        for fs in buckets.values()
+        for key in keys - follows_seed
+        if len({f.get(key, "<absent>") for f in fs}) > 1
+    }
     return sorted(varying)
 
 

@@ -54,7 +54,8 @@ def sweep_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...]}``."""
+    """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...}}``;
+    ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command line wins)."""
     from omegaconf import OmegaConf
 
     path = CONF_DIR / "sweep" / f"{name}.yaml"
@@ -62,7 +63,13 @@ def load_preset(name: str) -> dict[str, Any]:
         raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(sweep_presets())}")
     data = OmegaConf.to_container(OmegaConf.load(path))
     grid = {str(k): _sweep_string(v) for k, v in (data.get("grid") or {}).items()}
-    return {"name": data.get("name", name), "grid": grid, "overrides": list(data.get("overrides") or [])}
+    settings = {k: str(data[k]) for k in ("launcher", "n_jobs") if data.get(k) is not None}
+    return {
+        "name": data.get("name", name),
+        "grid": grid,
+        "overrides": list(data.get("overrides") or []),
+        "settings": settings,
+    }
 
 
 def _sweep_string(value: Any) -> str:
@@ -133,6 +140,10 @@ def plan(
     """
     settings, rest = split_args(args)
     preset = load_preset(settings["sweep"]) if "sweep" in settings else {"name": "sweep", "grid": {}}
+    defaults = dict(preset.get("settings", {}))
+    if "launcher" in settings:  # another launcher from the command line: the preset's n_jobs was for its own
+        defaults.pop("n_jobs", None)
+    settings = {**defaults, **settings}  # the command line wins over the preset
     launcher = settings.get("launcher", "basic")
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")

@@ -210,6 +210,25 @@ def test_html_renders_in_headless_chromium(runs_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_first_sweep_separates_two_kinds(tmp_path):
+    """sweep=first, the README's first sweep: its report names a best group on 3 seeds (measured by hand:
+    scaled_dot BLEU 98.90/98.16/98.55, sigmoid 76.49/69.09/64.83, Welch p = 0.014)."""
+    import os
+    import sys
+
+    attn = str(Path(sys.executable).parent / "attn")
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    sweep = subprocess.run([attn, "sweep", "sweep=first", "--dir", "s"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-2000:]
+    rep = build(collect(tmp_path / "s"), tmp_path / "r", formats=("md",), plots=False)
+    verdict = rep.verdicts["translation"]
+    assert verdict.split_keys == [] and verdict.text.startswith("best: scaled_dot / softmax / 1.0"), verdict
+    sigmoid = next(g for g in rep.groups["translation"] if g.key[0] == "sigmoid")
+    assert sigmoid.stats["test/bleu"].n == 3 and sigmoid.rank().p_holm < 0.05
+
+
+@pytest.mark.slow
 def test_report_end_to_end_on_the_smoke_sweep(tmp_path):
     import os
     import sys
@@ -313,6 +332,21 @@ def test_runs_are_pooled_only_when_their_configs_are_equal(tmp_path):
     )
     summary = (tmp_path / "r" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("task,attention,softmax,temperature,model.d_model,trainer.fast_dev_run,")
+
+
+def test_keys_that_follow_the_seed_are_pooled_with_it(tmp_path):
+    # task.datamodule.seed: ${seed} resolves to the run's seed: seeds of one experiment, not a split.
+    for seed, acc in enumerate([0.90, 0.92, 0.94]):
+        data = {"task": {"name": "classification", "datamodule": {"seed": seed, "n_train": 4000}}}
+        fake_run(tmp_path / "runs", f"s{seed}", "scaled_dot", 1.0, seed, acc, config=data)
+    groups, verdicts = aggregate_with_verdicts(collect(tmp_path / "runs"), "test/acc")
+    assert verdicts["classification"].split_keys == []
+    assert [g.stats["test/acc"].n for g in groups["classification"]] == [3]
+    # A data seed fixed apart from the model seed is a real difference.
+    data = {"task": {"name": "classification", "datamodule": {"seed": 7, "n_train": 4000}}}
+    fake_run(tmp_path / "runs", "fixed", "scaled_dot", 1.0, 3, 0.5, config=data)
+    _, verdicts = aggregate_with_verdicts(collect(tmp_path / "runs"), "test/acc")
+    assert verdicts["classification"].split_keys == ["task.datamodule.seed"]
 
 
 def test_no_best_when_every_group_is_at_chance(tmp_path):

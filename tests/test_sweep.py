@@ -64,7 +64,7 @@ def test_choice_sweeps_expand():
 
 
 def test_presets_plan_and_command_line_values_override_them(tmp_path):
-    assert {"smoke", "temperature", "attention_kinds", "study"} <= set(sweep_presets())
+    assert {"first", "smoke", "temperature", "attention_kinds", "study"} <= set(sweep_presets())
     m, _ = plan(["sweep=smoke"], str(tmp_path / "s"))
     assert len(m["trials"]) == 4 and m["name"] == "smoke"
     m, _ = plan(["sweep=smoke", "softmax.temperature=1"], str(tmp_path / "s"))
@@ -74,6 +74,10 @@ def test_presets_plan_and_command_line_values_override_them(tmp_path):
     assert len(plan(["sweep=attention_kinds"])[0]["trials"]) == 21
     study, _ = plan(["sweep=study"])
     assert len(study["trials"]) == 7 * 5 * 3 * 3
+    # A preset may name its launcher; the command line wins (another launcher drops the preset's n_jobs).
+    first = [plan(["sweep=first", *extra])[0] for extra in ([], ["launcher=basic"], ["n_jobs=1"])]
+    assert [(m["launcher"], m["n_jobs"]) for m in first] == [("joblib", 2), ("basic", 1), ("joblib", 1)]
+    assert len(first[0]["trials"]) == 6
 
 
 @pytest.mark.parametrize(
