@@ -260,6 +260,8 @@ def report(
         )  # fmt: skip
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
+    except OSError as e:  # an unwritable or full output directory
+        _fail(f"cannot write the report: {e}", 1, e, debug)
     _print_report(rep, tuple(g.strip() for g in group_by.split(",") if g.strip()))
     typer.echo(f"report: {target}")
 

@@ -53,7 +53,7 @@ class Run:
     """One run as the report sees it."""
 
     run_dir: str
-    status: str  # completed | failed | interrupted | missing | corrupt
+    status: str  # completed | failed | interrupted | missing | corrupt | no record
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     duration_s: float | None = None
@@ -198,6 +198,10 @@ def split_metrics(groups: list[Group]) -> list[str]:
 # reading
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _read_record(path: Path) -> Run:
     try:
         data = json.loads(path.read_text())
@@ -205,14 +209,21 @@ def _read_record(path: Path) -> Run:
             raise ValueError("lacks keys")
     except (OSError, ValueError) as e:
         return Run(str(path.parent.resolve()), "corrupt", error=f"{path}: unreadable run record ({e})")
-    metrics = {k: float(v) for k, v in (data.get("metrics") or {}).items() if isinstance(v, int | float)}
+    # Hand-edited records: anything of the wrong type is read as absent, never a traceback.
+    raw = data["metrics"] if isinstance(data["metrics"], dict) else {}
+    metrics = {
+        str(k): float(v) for k, v in raw.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    duration = data["duration_s"]
     return Run(
         run_dir=str(path.parent.resolve()),
         status=str(data["status"]),
-        config=data.get("config") or {},
+        config=data["config"] if isinstance(data["config"], dict) else {},
         metrics=metrics,
-        duration_s=data.get("duration_s"),
-        error=data.get("error"),
+        duration_s=float(duration)
+        if isinstance(duration, int | float) and not isinstance(duration, bool)
+        else None,
+        error=None if data["error"] is None else str(data["error"]),
     )
 
 
@@ -230,6 +241,14 @@ def collect(root: str | Path) -> list[Run]:
             continue
         run = _read_record(path)
         runs[run.run_dir] = run
+    # A run killed before its first record still has the config.yaml written when it started.
+    for path in sorted(root.rglob("config.yaml")):
+        parts = path.relative_to(root).parts
+        run_dir = str(path.parent.resolve())
+        if "attempts" in parts or ".hydra" in parts or run_dir in runs:
+            continue
+        if (path.parent / "checkpoints").is_dir() or (path.parent / "csv").is_dir():
+            runs[run_dir] = Run(run_dir, "no record", error="no results.json (killed before it was written?)")
     for manifest_path in sorted(root.rglob("sweep.json")):
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -239,9 +258,13 @@ def collect(root: str | Path) -> list[Run]:
                 str(manifest_path.parent), "corrupt", error=f"{manifest_path}: unreadable sweep manifest"
             )
             continue
-        for t in trials:
+        for i, t in enumerate(trials if isinstance(trials, list) else []):
+            if not isinstance(t, dict) or not isinstance(t.get("run_dir"), str):
+                where = f"{manifest_path}: trial {i}"
+                runs[where] = Run(where, "corrupt", error=f"{where} has no run_dir")
+                continue
             run_dir = str(trial_dir(manifest_path.parent, t).resolve())
-            if run_dir not in runs:
+            if run_dir not in runs or runs[run_dir].status == "no record":
                 runs[run_dir] = Run(run_dir, "missing", error=t.get("error") or "no results.json")
     return list(runs.values())
 

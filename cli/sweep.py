@@ -214,13 +214,35 @@ def _positive_int(key: str, value: str) -> int:
 # the manifest
 
 
+MANIFEST_KEYS = ("name", "launcher", "n_jobs", "grid", "trials")
+TRIAL_KEYS = ("id", "overrides", "values", "run_dir", "status", "attempts")
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """``sweep.json`` parsed and checked; ``ConfigError`` naming the file and the fault otherwise."""
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        missing = [k for k in MANIFEST_KEYS if k not in manifest]
+        if missing or not isinstance(manifest["trials"], list):
+            raise ValueError(f"no {missing[0] if missing else 'list of trials'}")
+        for i, t in enumerate(manifest["trials"]):
+            lacking = TRIAL_KEYS if not isinstance(t, dict) else [k for k in TRIAL_KEYS if k not in t]
+            if lacking:
+                raise ValueError(f"trial {i} lacks {lacking[0]}")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable sweep manifest ({e}); restore it or start a new sweep") from e
+    return manifest
+
+
 @contextlib.contextmanager
 def locked_manifest(sweep_dir: str | Path) -> Iterator[dict[str, Any]]:
     """Read-modify-write ``sweep.json`` under an exclusive lock; written atomically on exit."""
     path = Path(sweep_dir) / MANIFEST
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = json.loads(path.read_text())
+        manifest = _load_manifest(path)
         yield manifest
         manifest["updated"] = now_iso()
         write_json_atomic(path, manifest)
@@ -231,7 +253,7 @@ def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
     path = Path(sweep_dir) / MANIFEST
     if not path.exists():
         raise ConfigError(f"{sweep_dir}: not a sweep directory (no {MANIFEST})")
-    return json.loads(path.read_text())
+    return _load_manifest(path)
 
 
 def trial_dir(sweep_dir: str | Path, trial: dict[str, Any]) -> Path:
@@ -280,7 +302,8 @@ def _trial_command(trial: dict[str, Any], manifest: dict[str, Any]) -> list[str]
     if "logger.group" not in keys:
         extra.append(f"logger.group={manifest['name']}")
     if "logger.tags" not in keys and trial["values"]:
-        tags = ",".join(f"'{k}={v}'" for k, v in trial["values"].items())
+        quoted = (f"{k}={v}".replace("\\", "\\\\").replace("'", "\\'") for k, v in trial["values"].items())
+        tags = ",".join(f"'{t}'" for t in quoted)  # Hydra's quoted strings: \\ and \' escaped
         extra.append(f"logger.tags=[{tags}]")
     return [sys.executable, "-m", "attn.cli.main", "train", *trial["overrides"], *extra]
 

@@ -8,6 +8,7 @@ resume=<run dir>`` continues such a run from its last checkpoint, in the same di
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -269,6 +270,18 @@ def _device_info(trainer: Any) -> dict[str, Any]:
     return info
 
 
+def _check_trained(trainer: Any, module: Any) -> None:
+    """A fit that ended without an error trained every step it was asked for: Lightning ends an epoch
+    on a ``StopIteration`` from anywhere, which would otherwise pass for a completed run."""
+    expected = getattr(module, "_total_steps", None)  # set when training starts (AttnModule)
+    if trainer.fast_dev_run or expected is None or trainer.global_step >= expected:
+        return
+    raise RuntimeError(
+        f"training ended after {trainer.global_step} of {expected} steps without an error (a StopIteration"
+        " inside a hook?): the run is not complete"
+    )
+
+
 def fit_and_test(
     cfg: DictConfig, run_dir: Path, record: RunRecord, stopper: Any, resume: Resume | None = None
 ) -> dict[str, float]:
@@ -306,9 +319,13 @@ def fit_and_test(
     record.data["device"] = _device_info(trainer)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
     record.data["device"] = _device_info(trainer)  # the process group exists now (DDP)
+    _check_trained(trainer, module)
     best = checkpoint.best_model_path or None
     tested = trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    bad = next((f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)), None)
+    if bad:
+        raise RuntimeError(f"test metrics are not finite ({bad}): the trained model is not usable")
     if checkpoint.best_model_score is not None:
         metrics[f"best_{cfg.task.monitor}".replace("best_val/", "val/best_")] = float(
             checkpoint.best_model_score

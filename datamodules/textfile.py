@@ -34,13 +34,16 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
     if path.suffix not in (".tsv", ".csv", ".jsonl"):
         raise DataError(f"{path}: unknown format {path.suffix!r}; valid choices: .tsv, .csv, .jsonl")
     try:
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first label
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable ({e})") from None
     if path.suffix == ".csv":
         return _read_csv(path, content, lowercase)
     rows = []
-    for number, line in enumerate(content.splitlines(), start=1):
+    # Lines end at "\n" (or "\r\n") only: str.splitlines would also split at form feeds and Unicode line
+    # separators inside a field, and misnumber every later line.
+    for number, line in enumerate(content.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if path.suffix == ".tsv":
@@ -53,13 +56,22 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
                 text, label = obj["text"], obj["label"]
             except (ValueError, KeyError, TypeError):
                 raise DataError(f"{path}:{number}: expected a JSON object with 'text' and 'label'") from None
-        tokens = (str(text).lower() if lowercase else str(text)).split()
-        if not tokens:
-            raise DataError(f"{path}:{number}: empty text")
-        rows.append((tokens, str(label).strip(), number))
+        rows.append((*_example(path, number, text, label, lowercase), number))
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return rows
+
+
+def _example(path: Path, number: int, text: object, label: object, lowercase: bool) -> tuple[list[str], str]:
+    """Tokens and label of one record; a null or empty label or text is an error naming the line."""
+    if label is None or isinstance(label, dict | list) or not str(label).strip():
+        raise DataError(f"{path}:{number}: no label (got {json.dumps(label)})")
+    if not isinstance(text, str):
+        raise DataError(f"{path}:{number}: text must be a string (got {json.dumps(text)})")
+    tokens = (text.lower() if lowercase else text).split()
+    if not tokens:
+        raise DataError(f"{path}:{number}: empty text")
+    return tokens, str(label).strip()
 
 
 def _read_csv(path: Path, content: str, lowercase: bool) -> list[tuple[list[str], str, int]]:
@@ -76,10 +88,7 @@ def _read_csv(path: Path, content: str, lowercase: bool) -> list[tuple[list[str]
             text, label = record.get("text"), record.get("label")
             if text is None or label is None:
                 raise DataError(f"{path}:{number}: missing the 'text' or 'label' field")
-            tokens = (text.lower() if lowercase else text).split()
-            if not tokens:
-                raise DataError(f"{path}:{number}: empty text")
-            rows.append((tokens, label.strip(), number))
+            rows.append((*_example(path, number, text, label, lowercase), number))
     except csv.Error as e:
         raise DataError(f"{path}:{reader.line_num}: {e}") from None
     if not rows:

@@ -145,7 +145,9 @@ class _Sparsemax(torch.autograd.Function):
         k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
         cumsum = zs.cumsum(dim=-1)
         support = (1 + k * zs) > cumsum  # true for the first k* entries
-        k_star = support.sum(dim=-1, keepdim=True)
+        # At least 1: a row the dtype cannot hold (inf from z / T) gets NaN weights, which the run stops
+        # on as a non-finite loss, instead of an index error here.
+        k_star = support.sum(dim=-1, keepdim=True).clamp(min=1)
         tau = (cumsum.gather(-1, k_star - 1) - 1) / k_star.to(z.dtype)
         out = torch.clamp(z - tau, min=0)
         ctx.save_for_backward(out)
@@ -172,7 +174,7 @@ class _Entmax15(torch.autograd.Function):
         mean_sq = (xs * xs).cumsum(dim=-1) / k
         delta = (1 - k * (mean_sq - mean * mean)) / k
         tau = mean - torch.sqrt(torch.clamp(delta, min=0))
-        k_star = (tau <= xs).sum(dim=-1, keepdim=True)
+        k_star = (tau <= xs).sum(dim=-1, keepdim=True).clamp(min=1)  # >= 1: see _Sparsemax
         tau_star = tau.gather(-1, k_star - 1)
         out = torch.clamp(x - tau_star, min=0) ** 2
         ctx.save_for_backward(out)

@@ -64,10 +64,17 @@ class AttnModule(L.LightningModule):
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if not torch.isfinite(norm):
             bad = next(
-                n for n, p in self.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
+                (n for n, p in self.named_parameters() if p.grad is not None and not p.grad.isfinite().all()),
+                None,
             )
             where = f"at step {self.global_step} (epoch {self.current_epoch})"
-            raise TrainingDiverged(f"non-finite gradient of {bad} {where}; {HINT}")
+            dtype = str(grads[0].dtype).removeprefix("torch.")
+            what = (
+                f"non-finite gradient of {bad}"
+                if bad
+                else f"gradient norm overflows {dtype} (every gradient is finite, their norm is not)"
+            )
+            raise TrainingDiverged(f"{what} {where}; {HINT}")
         if self._logging_step():
             self.log("train/grad_norm", norm)
 

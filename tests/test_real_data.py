@@ -160,6 +160,26 @@ def test_csv_files(tmp_path):
         read_examples(tmp_path / "empty.csv")
 
 
+def test_text_files_as_real_corpora_are_written(tmp_path):
+    # A byte-order mark, CRLF line ends, a form feed and a Unicode line separator inside fields.
+    tsv = tmp_path / "bom.tsv"
+    tsv.write_bytes(
+        "\ufeffneg\tdull and slow\r\npos\tpage one\x0cpage two\r\nneg\tend\u2028of story\r\n".encode()
+    )
+    rows = read_examples(tsv)
+    assert [(r[1], r[2]) for r in rows] == [("neg", 1), ("pos", 2), ("neg", 3)]  # no '\ufeffneg' class
+    assert rows[1][0] == ["page", "one", "page", "two"] and rows[2][0] == ["end", "of", "story"]
+    (tmp_path / "late.tsv").write_text("pos\ta\x0cb\nno tab here\n")
+    with pytest.raises(DataError, match=r"late.tsv:2: expected 'label<TAB>text'"):  # the right line
+        read_examples(tmp_path / "late.tsv")
+    (tmp_path / "null.jsonl").write_text('{"text": "fine", "label": "pos"}\n{"text": "hm", "label": null}\n')
+    with pytest.raises(DataError, match=r"null.jsonl:2: no label \(got null\)"):  # not a class 'None'
+        read_examples(tmp_path / "null.jsonl")
+    (tmp_path / "blank.tsv").write_text("pos\tfine\n\tno label here\n")
+    with pytest.raises(DataError, match=r"blank.tsv:2: no label"):
+        read_examples(tmp_path / "blank.tsv")
+
+
 # -- translation --------------------------------------------------------------------------------------
 
 PAIRS = [

@@ -490,3 +490,31 @@ def test_report_on_an_empty_directory_names_it(tmp_path):
     assert out.exit_code == 2
     expected = f"error: {tmp_path / 'empty'}: no runs found (no results.json or sweep.json under it)"
     assert expected in out.output
+
+
+def test_hand_edited_records_are_read_defensively(runs_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from attn.cli.main import app
+
+    path = fake_run(runs_dir / "trials", "edited", "dot", 1.0, 0, 0.7) / "results.json"
+    record = json.loads(path.read_text())
+    record.update(metrics=[0.7], duration_s="ten seconds", config="not a dict", error=42)
+    path.write_text(json.dumps(record))
+    # A run killed before its first results.json: its config.yaml and checkpoints are there.
+    killed = runs_dir / "trials" / "killed"
+    (killed / "checkpoints").mkdir(parents=True)
+    (killed / "config.yaml").write_text("seed: 0\n")
+    manifest = json.loads((runs_dir / "sweep.json").read_text())
+    manifest["trials"].append({"id": "100"})  # a trial without run_dir
+    (runs_dir / "sweep.json").write_text(json.dumps(manifest))
+    runs = {Path(r.run_dir).name: r for r in collect(runs_dir)}
+    edited = runs["edited"]
+    assert edited.metrics == {} and edited.duration_s is None and edited.config == {} and edited.error == "42"
+    assert runs["killed"].status == "no record"
+    assert any(r.status == "corrupt" and "trial 1 has no run_dir" in (r.error or "") for r in runs.values())
+    out = CliRunner().invoke(app, ["report", str(runs_dir), "--no-plots", "--out", "/proc/attn-report"])
+    assert out.exit_code == 1 and "error: cannot write the report: " in out.output
+    assert "Traceback" not in out.output
+    ok = CliRunner().invoke(app, ["report", str(runs_dir), "--no-plots", "--out", str(tmp_path / "r")])
+    assert ok.exit_code == 0 and "no record: " in ok.output, ok.output

@@ -1,6 +1,7 @@
 """Runs that survive: signals, exact resume, divergence, bad data, bad input, corrupt records."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -236,3 +237,63 @@ def test_corrupt_sweep_record_is_reported_and_rerun(tmp_path, capsys):
     assert not trial_done(root, trial, warn=True)
     err = capsys.readouterr().err
     assert "results.json: unreadable run record" in err and "trial 000 runs again" in err
+
+
+# --------------------------------------------------------------------------------------------
+# never "completed" when the result is wrong
+
+
+def test_gradient_norm_overflow_is_a_divergence_not_the_end_of_the_data():
+    from attn.models.classification import ClassificationModule
+    from attn.models.training import TrainingDiverged
+
+    net = {"d_model": 8, "n_layers": 1, "n_heads": 2, "max_len": 8}
+    module = ClassificationModule(20, 2, net=net, attention={"kind": "scaled_dot"})
+    for p in module.parameters():
+        p.grad = torch.full_like(p, 1e30)  # every entry finite, every per-tensor norm overflows
+    with pytest.raises(TrainingDiverged, match=r"gradient norm overflows float32 \(every gradient is finite"):
+        module.on_before_optimizer_step(None)
+
+
+@pytest.mark.parametrize("name", ["sparsemax", "entmax15"])
+def test_sparse_normalisers_give_nan_rows_not_index_errors_beyond_the_dtype(name):
+    from attn.models.softmax import get_softmax
+
+    scores = torch.tensor([[0.5, 1.0, -2.0], [0.1, 0.2, 0.3]])
+    out = get_softmax(name)(scores, temperature=1e-300)  # z / T is inf in float32
+    assert out.shape == scores.shape and torch.isnan(out).any()  # the run then stops on its NaN loss
+
+
+@pytest.mark.parametrize("softmax", ["entmax15", "sparsemax", "softmax"])
+def test_extreme_temperature_stops_with_the_divergence_line(fast, softmax):
+    overrides = [f"softmax={softmax}", "softmax.temperature=1e-30", "trainer.max_epochs=1",
+                 "trainer.limit_train_batches=5"]  # fmt: skip
+    record, _ = run(load([*fast, *overrides]))
+    assert record["status"] == "failed", record["metrics"]
+    assert record["error"].startswith("TrainingDiverged: "), record["error"]
+    assert "lower optim.lr or raise softmax.temperature" in record["error"]
+
+
+def test_fewer_steps_than_asked_is_not_completed(fast, monkeypatch):
+    from attn.models.training import AttnModule
+
+    original = AttnModule.on_before_optimizer_step
+
+    def stop_early(self, optimizer):
+        if self.global_step == 2:
+            raise StopIteration  # what Lightning takes for the end of the data
+        original(self, optimizer)
+
+    monkeypatch.setattr(AttnModule, "on_before_optimizer_step", stop_early)
+    record, _ = run(load(fast))
+    assert record["status"] == "failed"
+    assert "training ended after 2 of 8 steps without an error" in record["error"]
+
+
+def test_non_finite_test_metrics_are_not_completed(fast, monkeypatch):
+    import lightning as L
+
+    monkeypatch.setattr(L.Trainer, "test", lambda self, *a, **k: [{"test/acc": 0.5, "test/loss": math.nan}])
+    record, _ = run(load(fast))
+    assert record["status"] == "failed"
+    assert "test metrics are not finite (test/loss=nan)" in record["error"]

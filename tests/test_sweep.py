@@ -275,3 +275,37 @@ def test_trial_dirs_follow_a_moved_sweep(tmp_path):
     old = {"run_dir": str(tmp_path / "old" / "trials" / "000-x")}
     assert trial_dir(root, old) == root.resolve() / "trials" / "000-x"
     assert trial_dir(root, {"run_dir": "/not/moved/999-y"}) == Path("/not/moved/999-y")
+
+
+@pytest.mark.parametrize(
+    "text, fault",
+    [
+        ('{"name": "s", "trials": [', "Expecting value"),
+        ("[1, 2]", "not a JSON object"),
+        ('{"name": "s", "launcher": "basic", "n_jobs": 1, "grid": {}}', "no trials"),
+        (
+            '{"name": "s", "launcher": "basic", "n_jobs": 1, "grid": {}, "trials": [{"id": "0"}]}',
+            "trial 0 lacks",
+        ),
+    ],
+)
+def test_a_damaged_manifest_is_one_line_not_a_traceback(tmp_path, text, fault):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "sweep.json").write_text(text)
+    out = attn("sweep", "--resume", str(tmp_path / "s"), cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert (
+        line.startswith(f"error: {tmp_path / 's' / 'sweep.json'}: unreadable sweep manifest (")
+        and fault in line
+    )
+
+
+def test_swept_values_with_quotes_survive_the_generated_overrides():
+    from attn.cli.config import load
+
+    m, _ = plan(['logger.project="it\'s",plain'])
+    for trial in m["trials"]:
+        cfg = load(_trial_command(trial, m)[4:])  # what the trial's attn train will parse
+        assert cfg.logger.project in ("it's", "plain")
+        assert list(cfg.logger.tags) == [f"logger.project={trial['values']['logger.project']}"]
