@@ -127,10 +127,13 @@ def train(
     if cfg is not None:
         typer.echo(OmegaConf.to_yaml(conf), nl=False)
         return
+    from .records import RunDirBusy
     from .train import exit_code, run
 
     try:
         record, exc = run(conf, resume, plans[-1] if plans else None)
+    except RunDirBusy as e:  # another live run or resume owns the run directory
+        _fail(str(e), 1, e, debug)
     except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
         _fail(f"cannot write the run directory: {e}", 1, e, debug)
     from .records import is_rank_zero
@@ -167,12 +170,16 @@ def sweep(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Run a grid of `attn train` trials, each in its own process and run directory; resumable."""
+    from .records import DirLock, RunDirBusy
     from .schema import ConfigError
-    from .sweep import launch, plan, read_manifest, resume_settings, start, summary
+    from .sweep import SWEEP_LOCK, launch, plan, read_manifest, resume_settings, start, stopped, summary
 
+    lock: DirLock | None = None
     try:
         if resume is not None:
             read_manifest(resume)
+            # One sweep process per sweep directory: a second --resume stops here, trials untouched.
+            lock = DirLock(resume, SWEEP_LOCK, "sweep directory").acquire()
             resume_settings(resume, list(args or []))
             root = resume
         else:
@@ -181,14 +188,23 @@ def sweep(
                 _print_grid(manifest, skipped)
                 return
             root = start(list(args or []), out, skip_invalid)
+            lock = DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
             typer.echo(f"sweep dir: {root}")
         manifest = launch(root)
+        signal_name = stopped(root)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
+    except RunDirBusy as e:
+        _fail(str(e), 1, e, debug)
     except KeyboardInterrupt:
         _fail(f"sweep interrupted; finish it with: attn sweep --resume {root}", 130)
+    finally:
+        if lock is not None:
+            lock.release()
     line, failed = summary(manifest)
     typer.echo(line)
+    if signal_name:
+        _fail(f"sweep stopped by {signal_name}; finish it with: attn sweep --resume {root}", 143)
     if failed:
         for t in failed:
             typer.echo(f"  {t['id']} {t['status']}: {' '.join(t['overrides'])}: {t['error']}", err=True)
@@ -270,7 +286,7 @@ def _print_report(rep, group_by: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import split_metrics, table_rows, task_lines
+    from .report import mixed_origins, split_metrics, table_rows, task_lines
 
     console = Console()
     for split, groups in rep.groups.items():
@@ -284,6 +300,8 @@ def _print_report(rep, group_by: tuple[str, ...]) -> None:
         console.print(table)
         for line in task_lines(rep, split):
             console.print(line, markup=False, style="bold" if line.startswith("Verdict") else None)
+    for warning in mixed_origins(rep.groups):
+        console.print(warning, markup=False, style="bold yellow", soft_wrap=True)
     counts: dict[str, int] = {}
     for r in rep.runs:
         counts[r.status] = counts.get(r.status, 0) + 1

@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, PNG): metric vs temperature, calibration, learning curves,
-and attention heatmaps read from the best checkpoints."""
+metric and attention entropy vs evaluation length, and attention heatmaps read from the best checkpoints."""
 
 from __future__ import annotations
 
@@ -59,6 +59,60 @@ def vs_temperature(
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _at_lengths(groups: list[Group], pattern: str) -> dict[int, str]:
+    """``{length: metric}`` for the metrics named ``pattern`` with ``{L}`` a length (``test/acc@{L}``)."""
+    head, _, tail = pattern.partition("{L}")
+    found: dict[int, str] = {}
+    for g in groups:
+        for name in g.stats:
+            middle = name[len(head) : len(name) - len(tail)] if tail else name[len(head) :]
+            if name.startswith(head) and name.endswith(tail) and middle.isdigit():
+                found[int(middle)] = name
+    return found
+
+
+def vs_length(groups: list[Group], metric: str, path: Path, title: str) -> Path | None:
+    """``metric`` tested at each ``task.eval_lengths`` length (``{metric}@{L}``), and beside it the mean
+    attention entropy of each layer at each length: one line per group, 95% intervals over seeds."""
+    acc = _at_lengths(groups, metric + "@{L}")
+    if len(acc) < 2:
+        return None
+    layers = sorted(
+        {int(n.rsplit("/l", 1)[1]) for g in groups for n in g.stats if n.startswith("test/entropy@")}
+    )
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 1 + len(layers), figsize=(5.5 * (1 + len(layers)), 4), squeeze=False)
+    panels = [(axes[0][0], acc, metric)]
+    for i, layer in enumerate(layers):
+        panels.append((axes[0][i + 1], _at_lengths(groups, f"test/entropy@{{L}}/l{layer}"),
+                       f"attention entropy, layer {layer} (nats)"))  # fmt: skip
+    for ax, names, ylabel in panels:
+        for g in groups:
+            pts = [(n, g.stats[m]) for n, m in sorted(names.items()) if m in g.stats]
+            if not pts:
+                continue
+            mean = [s.mean for _, s in pts]
+            lo = [s.mean - (s.ci[0] if s.n > 1 else s.mean) for _, s in pts]
+            hi = [(s.ci[1] if s.n > 1 else s.mean) - s.mean for _, s in pts]
+            label = " / ".join(str(k) for k in g.key)
+            ax.errorbar([n for n, _ in pts], mean, yerr=[lo, hi], marker="o", capsize=3, label=label)
+        if ax is axes[0][0]:
+            _chance_line(ax, groups, metric)
+        ax.set_xscale("log", base=2)
+        lengths = sorted(names)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_xlabel("evaluation length (task.eval_lengths)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -245,6 +299,8 @@ def draw_all(runs: list[Run], groups: dict[str, list[Group]], group_by: tuple[st
             if m != "test/ece" and any("test/ece" in g.stats for g in gs) else None,
             learning_curves(gs, group_by, m, out / f"{slug}_learning_curves.png",
                             f"{split}: learning curves (best setting per kind)"),
+            vs_length(gs, m.split("@")[0], out / f"{slug}_vs_length.png",
+                      f"{split}: {m.split('@')[0]} and attention entropy vs evaluation length"),
         ]  # fmt: skip
         images[split] = [p for p in paths if p is not None]
     try:

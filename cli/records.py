@@ -3,13 +3,20 @@
 ``results.json`` keys are a stable contract read by ``attn report`` and by users' scripts::
 
     status, run_dir, config, metrics, best_checkpoint, started, finished, duration_s, error
+
+and, after those, ``provenance`` (what produced the run), ``attempts`` (start, end, duration, status,
+error, steps and exit code of every attempt, resumed ones included), ``total_duration_s``,
+``config_sha1``, ``device``, ``threads``, ``predictions`` (the test predictions file) and, for a resumed
+run, ``resumed_from``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -83,6 +90,69 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         raise
 
 
+class RunDirBusy(RuntimeError):
+    """Another live process holds the lock of a run (or sweep) directory."""
+
+
+class DirLock:
+    """An exclusive lock on a directory: ``<dir>/<name>`` locked with ``fcntl.lockf`` (POSIX record
+    locks, which NFS carries to the server), holding the holder's pid, host and start time.
+
+    The kernel releases the lock when its process ends, however it ends (``kill -9`` included), so a
+    stale lock file of a dead process never blocks; the file itself stays and only says who held it.
+    """
+
+    def __init__(self, directory: str | Path, name: str = ".lock", what: str = "run directory") -> None:
+        self.path = Path(directory) / name
+        self.what = what
+        self.fd: int | None = None
+
+    def holder(self) -> str:
+        """Who holds (or last held) the lock, as written in the lock file."""
+        try:
+            pid, host, since = self.path.read_text().split()[:3]
+        except (OSError, ValueError):
+            return "another process"
+        return f"pid {pid} on {host} (since {since})"
+
+    def acquire(self, wait: bool = False) -> DirLock:
+        """Take the lock; ``RunDirBusy`` naming the holder when it is held and ``wait`` is false."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            os.close(fd)
+            raise RunDirBusy(
+                f"{self.what} {self.path.parent} is in use by {self.holder()}; wait for it or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} {now_iso()}\n".encode())
+        self.fd = fd
+        return self
+
+    def held_elsewhere(self) -> bool:
+        """Whether another live process holds the lock now (without taking it)."""
+        if not self.path.exists():
+            return False
+        try:
+            self.acquire()
+        except RunDirBusy:
+            return True
+        self.release()
+        return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def is_rank_zero() -> bool:
     """Whether this process is rank 0 of its job (torchrun, SLURM, or Lightning's re-launched ranks)."""
     if "RANK" in os.environ:
@@ -95,8 +165,11 @@ def is_rank_zero() -> bool:
 class RunRecord:
     """Accumulates one run's record and writes it as ``<run_dir>/results.json`` (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], write: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, config: dict[str, Any], write: bool = True, attempts: list[dict] | None = None
+    ) -> None:
         self.run_dir, self.write = run_dir, write
+        self.previous = list(attempts or [])  # earlier attempts of a resumed run
         self.data: dict[str, Any] = {
             "status": "failed",
             "run_dir": str(run_dir),
@@ -110,8 +183,9 @@ class RunRecord:
         }
         self._t0 = time.perf_counter()
 
-    def finish(self, status: str, error: str | None = None) -> dict[str, Any]:
-        """Set the final status, times and error line, write ``results.json``, return the record."""
+    def finish(self, status: str, error: str | None = None, exit_code: int | None = None) -> dict[str, Any]:
+        """Set the final status, times and error line, write ``results.json``, return the record.
+        ``exit_code`` is the process's (default 0 completed, 1 failed, 130 interrupted)."""
         assert status in STATUSES, status
         self.data.update(
             status=status,
@@ -119,9 +193,39 @@ class RunRecord:
             finished=now_iso(),
             duration_s=round(time.perf_counter() - self._t0, 3),
         )
+        steps = self.data["metrics"].get("train/steps")
+        attempt = {key: self.data[key] for key in ("started", "finished", "duration_s", "status", "error")}
+        if exit_code is None:
+            exit_code = {"completed": 0, "failed": 1}.get(status, 130)
+        self.data["attempts"] = [*self.previous, {**attempt, "steps": steps, "exit": exit_code}]
+        self.data["total_duration_s"] = round(
+            sum(a.get("duration_s") or 0.0 for a in self.data["attempts"] if isinstance(a, dict)), 3
+        )
         if self.write:
             write_json_atomic(self.run_dir / "results.json", self.data)
         return self.data
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def previous_attempts(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts a record holds; a record written before attempts were recorded counts as one."""
+    attempts = record.get("attempts")
+    if isinstance(attempts, list) and all(isinstance(a, dict) for a in attempts):
+        return attempts
+    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+    keys = ("started", "finished", "duration_s", "status", "error")
+    return [{**{k: record.get(k) for k in keys}, "steps": metrics.get("train/steps")}]
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

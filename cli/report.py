@@ -37,7 +37,7 @@ ALIASES = {
 DEFAULT_GROUP_BY = ("attention", "softmax", "temperature")
 FORMATS = ("md", "html", "csv")
 ALPHA = 0.05
-LOWER_IS_BETTER = ("loss", "ece", "error", "perplexity")
+LOWER_IS_BETTER = ("loss", "ece", "error", "perplexity", "steps_to")
 # Config keys (and key prefixes) that cannot change a run's result: runs differing only in these and
 # the seed are pooled. Any other key that differs between the runs of a group splits the group.
 NEUTRAL_KEYS = (
@@ -58,6 +58,7 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
     duration_s: float | None = None
     error: str | None = None
+    origin: dict[str, str] = field(default_factory=dict)  # code version, libraries, device, host
 
     def get(self, path: str) -> Any:
         """A config value by dotted path (aliases allowed); ``None`` when absent."""
@@ -69,19 +70,27 @@ class Run:
         return node
 
 
+def is_descriptive(metric: str) -> bool:
+    """Whether ``metric`` describes the model (attention entropy, the chance level) without a better
+    direction: shown with mean ± CI, never ranked."""
+    return "/entropy" in metric or metric == CHANCE
+
+
 def is_counter(metric: str) -> bool:
     """Whether ``metric`` counts things (examples, steps, epochs) rather than measuring quality."""
     return metric.endswith(COUNTERS)
 
 
 def metric_range(metric: str) -> tuple[float, float]:
-    """The values ``metric`` can take: rates in [0, 1], BLEU/chrF in [0, 100], losses >= 0."""
-    name = metric.split("/")[-1]
+    """The values ``metric`` can take: rates in [0, 1], BLEU/chrF in [0, 100], losses, step counts and
+    entropies >= 0; a metric measured at a length (``test/acc@16``) has the range of its base metric."""
+    base = metric.split("@")[0]
+    name = base.split("/")[-1]
     if name.endswith(("bleu", "chrf")):
         return 0.0, 100.0
     if name.endswith(("acc", "f1", "ece", "precision", "recall", "auc")):
         return 0.0, 1.0
-    if lower_is_better(metric):
+    if lower_is_better(base) or name == "entropy":
         return 0.0, math.inf
     return -math.inf, math.inf
 
@@ -216,6 +225,7 @@ def _read_record(path: Path) -> Run:
     }
     duration = data["duration_s"]
     return Run(
+        origin=origin(data),
         run_dir=str(path.parent.resolve()),
         status=str(data["status"]),
         config=data["config"] if isinstance(data["config"], dict) else {},
@@ -225,6 +235,59 @@ def _read_record(path: Path) -> Run:
         else None,
         error=None if data["error"] is None else str(data["error"]),
     )
+
+
+def origin(record: dict[str, Any]) -> dict[str, str]:
+    """What produced a record, as short strings: ``code`` (attn version, git commit, dirty diff hash),
+    ``torch``, ``lightning``, ``device`` (name, precision) and ``host``; unknown parts are absent."""
+    prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    device = record.get("device") if isinstance(record.get("device"), dict) else {}
+    libs = prov.get("libraries") if isinstance(prov.get("libraries"), dict) else {}
+    git = prov.get("git") if isinstance(prov.get("git"), dict) else {}
+    out: dict[str, str] = {}
+    if prov.get("attn") or git:
+        code = str(prov.get("attn") or "?")
+        if git.get("commit"):
+            code += f" @ {str(git['commit'])[:10]}"
+            if git.get("dirty"):
+                code += f" + diff {str(git.get('diff_sha1') or '?')[:8]}"
+        out["code"] = code
+    for lib in ("torch", "lightning"):
+        if libs.get(lib):
+            out[lib] = str(libs[lib])
+    if device.get("name") or device.get("device"):
+        out["device"] = f"{device.get('name') or device.get('device')} ({device.get('precision', '?')})"
+    if prov.get("host"):
+        out["host"] = str(prov["host"])
+    return out
+
+
+PROVENANCE_KEYS = ("code", "torch", "lightning", "device", "host")
+
+
+def provenance_rows(runs: list[Run]) -> list[list[str]]:
+    """A table of what produced the completed runs: one row per distinct origin, with its run count."""
+    counts: dict[tuple[str, ...], int] = {}
+    for r in runs:
+        if r.status == "completed":
+            key = tuple(r.origin.get(k, "unrecorded") for k in PROVENANCE_KEYS)
+            counts[key] = counts.get(key, 0) + 1
+    return [[*PROVENANCE_KEYS, "runs"], *([*k, str(n)] for k, n in sorted(counts.items()))]
+
+
+def mixed_origins(groups: dict[str, list[Group]]) -> list[str]:
+    """One warning line per task whose compared runs mix code versions, library versions or devices."""
+    lines = []
+    for split, gs in groups.items():
+        runs = [r for g in gs for r in g.runs]
+        for what, keys in (("code versions", ("code", "torch", "lightning")), ("devices", ("device",))):
+            seen = sorted({" / ".join(r.origin.get(k, "unrecorded") for k in keys) for r in runs})
+            if len(seen) > 1:
+                lines.append(
+                    f"warning: task {split} compares runs of {len(seen)} {what} ({'; '.join(seen)}):"
+                    " differences between groups may come from them"
+                )
+    return lines
 
 
 def collect(root: str | Path) -> list[Run]:
@@ -419,9 +482,15 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
         g.ranks[metric] = Rank()
     if is_counter(metric):
         return f"{metric} counts things; it is not ranked", 0
+    if is_descriptive(metric):
+        return f"{metric} describes the attention, it is neither better nor worse; it is not ranked", 0
     scored = [g for g in groups if metric in g.stats]
     eligible = [g for g in scored if g.stats[metric].n >= 2]
-    chance = next((g.chance for g in scored if g.chance is not None), None) if metric == "test/acc" else None
+    chance = (
+        next((g.chance for g in scored if g.chance is not None), None)
+        if metric.split("@")[0] == "test/acc"
+        else None
+    )
     if chance is not None:
         for g in eligible:
             g.ranks[metric].at_chance = g.stats[metric].ci[0] <= chance
@@ -693,7 +762,7 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
             for m, s in g.stats.items():
                 r = g.rank(m)
                 lo, hi = (math.nan, math.nan) if is_counter(m) else s.ci
-                chance = g.chance if m == "test/acc" else None
+                chance = g.chance if m.split("@")[0] == "test/acc" else None
                 std = math.nan if is_counter(m) else s.std
                 row = [split, *base, *[extra.get(k, "") for k in keys], m, s.n, s.mean, num(std), num(lo)]
                 w.writerow([*row, num(hi), num(chance), r.best, r.tied, num(r.p), num(r.p_holm)])
@@ -748,6 +817,9 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
         lines.append("")
     for img in images.get("", []):
         lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
+    lines += ["", "## Provenance", ""]
+    lines += [f"**{w}**" for w in mixed_origins(rep.groups)]
+    lines += ["", _markdown_table(provenance_rows(rep.runs))]
     if rep.problems:
         lines += ["", "## Runs that did not complete", ""]
         lines += [f"- `{r.run_dir}`: {r.status}: {r.error or ''}" for r in rep.problems]
@@ -786,6 +858,10 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups), own), marks))
         parts += [img_tag(p) for p in images.get(split, [])]
     parts += [img_tag(p) for p in images.get("", [])]
+    parts.append("<h2>Provenance</h2>")
+    parts += [f"<p class='verdict'>{html.escape(w)}</p>" for w in mixed_origins(rep.groups)]
+    rows = provenance_rows(rep.runs)
+    parts.append(_html_table(rows, [""] * (len(rows) - 1)))
     if rep.problems:
         parts.append("<h2>Runs that did not complete</h2><ul>")
         for r in rep.problems:
@@ -825,6 +901,7 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
         }
 
     tasks, verdicts = {}, {}
+    rows = provenance_rows(rep.runs)
     for split, groups in rep.groups.items():
         v = rep.verdicts.get(split) or Verdict("", [])
         tasks[split] = [group(g, v.split_keys) for g in groups]
@@ -836,4 +913,6 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
         "metric": rep.metrics[0],
         "verdicts": verdicts,
         "tasks": tasks,
+        "provenance": [dict(zip(rows[0], row, strict=True)) for row in rows[1:]],
+        "warnings": mixed_origins(rep.groups),
     }

@@ -286,7 +286,7 @@ def _check_optim(optim: DictConfig) -> None:
 def validate(cfg: DictConfig) -> DictConfig:
     """Types, ranges and combinations of a composed config; ``ConfigError`` on the first problem."""
     cfg = _typed(cfg)
-    from attn.models.attention import check_combination, list_attention
+    from attn.models.attention import NORMALISED_KINDS, check_combination, list_attention
     from attn.models.softmax import list_softmax
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
@@ -307,9 +307,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     if sm not in list_softmax():
         raise ConfigError(f"softmax.name={sm!r} is unknown; valid choices: {', '.join(list_softmax())}")
     t = cfg.softmax.temperature
-    if t != "learnable" and not (_number(t) and math.isfinite(t) and t > 0):
-        raise ConfigError(f"softmax.temperature={t!r} is invalid: must be a number > 0 or 'learnable'")
-    if t != "learnable":
+    named = ("learnable", "adaptive")
+    if t not in named and not (_number(t) and math.isfinite(t) and t > 0):
+        raise ConfigError(
+            f"softmax.temperature={t!r} is invalid: must be a number > 0, 'learnable' or 'adaptive'"
+        )
+    if t == "adaptive" and (sm != "softmax" or kind not in NORMALISED_KINDS):
+        raise ConfigError(
+            f"softmax.temperature=adaptive needs softmax=softmax and an attention kind that normalises its"
+            f" weights ({', '.join(sorted(NORMALISED_KINDS))}); got attention={kind}, softmax={sm}"
+        )
+    if t not in named:
         cfg.softmax.temperature = float(t)  # 2 and 2.0 are one temperature in records and reports
     if not (math.isfinite(cfg.softmax.temperature_init) and cfg.softmax.temperature_init > 0):
         raise ConfigError(f"softmax.temperature_init={cfg.softmax.temperature_init!r} must be > 0")
@@ -356,6 +364,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, node in cfg.task.items():
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_target(f"task.{key}", node)
+    lengths = cfg.task.get("eval_lengths")
+    if lengths:
+        target = str(cfg.task.datamodule.get("_target_", ""))
+        module, _, name = target.rpartition(".")
+        if not hasattr(getattr(importlib.import_module(module), name, None), "at_length"):
+            raise ConfigError(
+                f"task.eval_lengths={list(lengths)}: task={cfg.task.name} has no variable length; it applies"
+                " to mqar, max_retrieval and selective_copy"
+            )
     if cfg.model.max_len < cfg.task.datamodule.get("max_len", 0):
         raise ConfigError(
             f"model.max_len={cfg.model.max_len} is shorter than task.datamodule.max_len="

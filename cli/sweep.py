@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONF_DIR, load
-from .records import RUN_DIR_ENV, now_iso, read_record, short_name, write_json_atomic
+from .records import RUN_DIR_ENV, DirLock, now_iso, read_record, short_name, write_json_atomic
 from .schema import ConfigError
 from .threads import CPUS_ENV, available_cpus
 
@@ -54,8 +55,9 @@ def sweep_presets() -> list[str]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...}}``;
-    ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command line wins)."""
+    """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...},
+    "skip_invalid": bool}``; ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command
+    line wins); ``skip_invalid: true`` drops the grid's impossible combinations (listed as skipped)."""
     from omegaconf import OmegaConf
 
     path = CONF_DIR / "sweep" / f"{name}.yaml"
@@ -69,6 +71,7 @@ def load_preset(name: str) -> dict[str, Any]:
         "grid": grid,
         "overrides": list(data.get("overrides") or []),
         "settings": settings,
+        "skip_invalid": bool(data.get("skip_invalid", False)),
     }
 
 
@@ -141,6 +144,7 @@ def plan(
     settings, rest = split_args(args)
     preset = load_preset(settings["sweep"]) if "sweep" in settings else {"name": "sweep", "grid": {}}
     defaults = dict(preset.get("settings", {}))
+    skip_invalid = skip_invalid or preset.get("skip_invalid", False)
     if "launcher" in settings:  # another launcher from the command line: the preset's n_jobs was for its own
         defaults.pop("n_jobs", None)
     settings = {**defaults, **settings}  # the command line wins over the preset
@@ -215,6 +219,8 @@ def _positive_int(key: str, value: str) -> int:
 
 
 MANIFEST_KEYS = ("name", "launcher", "n_jobs", "grid", "trials")
+SWEEP_LOCK = ".sweep.lock"  # held by the attn sweep process for its whole life
+STOP_FILE = ".stopping"  # written when the sweep is told to stop: no further trial starts
 TRIAL_KEYS = ("id", "overrides", "values", "run_dir", "status", "attempts")
 
 
@@ -334,6 +340,18 @@ def _last_line(path: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
+def _wait_for_live_attempt(root: Path, tid: str | int) -> None:
+    """A trial whose previous attempt still runs (an orphan of a killed sweep) is never started twice:
+    wait until that process ends (it holds its run directory's lock until then)."""
+    trial = next(t for t in read_manifest(root)["trials"] if int(t["id"]) == int(tid))
+    lock = DirLock(trial_dir(root, trial))
+    if lock.held_elsewhere():
+        print(f"trial {trial['id']}: its previous attempt ({lock.holder()}) is still running; waiting for it",
+              flush=True)  # fmt: skip
+        lock.acquire(wait=True)
+        lock.release()
+
+
 def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     """Run one trial as ``attn train`` in a child process; returns its final status.
 
@@ -342,6 +360,10 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     """
     root = Path(sweep_dir).resolve()
     rank = int(os.environ.get("SLURM_PROCID", "0"))  # submitit runs the job once per SLURM task
+    if (root / STOP_FILE).exists():  # the sweep was stopped: trials not yet started stay pending
+        return "pending"
+    if rank == 0:
+        _wait_for_live_attempt(root, tid)
     with locked_manifest(root) as m:
         trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
         run_dir = trial_dir(root, trial)
@@ -362,15 +384,26 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     t0 = time.perf_counter()
     log = run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log")
     status, error = "failed", None
-    try:
-        with open(log, "a" if resume else "w") as out:
-            cmd = _trial_command(trial, manifest)
-            if resume:  # continue the interrupted attempt from its checkpoint (e.g. a requeued SLURM job)
-                cmd = [*cmd[:4], f"resume={run_dir}"]
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        code = proc.returncode
-    except KeyboardInterrupt:
-        code = -signal.SIGINT
+    interrupted = False
+    with open(log, "a" if resume else "w") as out:
+        cmd = _trial_command(trial, manifest)
+        if resume:  # continue the interrupted attempt from its checkpoint (e.g. a requeued SLURM job)
+            cmd = [*cmd[:4], f"resume={run_dir}"]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            if rank == 0:  # where the sweep finds its live trials (to forward a SIGTERM to them)
+                with locked_manifest(root) as m:
+                    live = next(t for t in m["trials"] if int(t["id"]) == int(tid))
+                    live.update(pid=proc.pid, host=socket.gethostname())
+            proc.wait()
+        except KeyboardInterrupt:  # the terminal's Ctrl-C reached the trial too: let it save and stop
+            interrupted = True
+            try:
+                proc.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: the trial exits at once as well
+                proc.kill()
+                proc.wait()
+    code = proc.returncode
     wall = time.perf_counter() - t0
     if rank != 0:
         return "completed" if code == 0 else "failed"
@@ -380,7 +413,8 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
         record = read_record(run_dir / "results.json")
         status, error, duration = record["status"], record["error"], record["duration_s"]
     except ValueError:
-        status = "interrupted" if code in (-signal.SIGINT, 130) else "failed"
+        stopped = (-signal.SIGINT, 130, -signal.SIGTERM, 143)
+        status = "interrupted" if code in stopped else "failed"
         error, duration = f"attn train exited with {code}: {_last_line(log)}", None
     with locked_manifest(root) as m:
         trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
@@ -388,7 +422,7 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
             status=status, error=error, finished=now_iso(), wall_s=round(wall, 3), duration_s=duration
         )
         _print_progress(m, trial)
-    if code in (-signal.SIGINT, 130):
+    if interrupted or code in (-signal.SIGINT, 130):
         raise KeyboardInterrupt
     return status
 
@@ -441,6 +475,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
     from hydra.core.global_hydra import GlobalHydra
 
     root = Path(sweep_dir).resolve()
+    (root / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session does not carry over
     with locked_manifest(root) as m:
         todo = []
         for t in m["trials"]:
@@ -478,12 +513,46 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
     GlobalHydra.instance().clear()
     saved = sys.argv
     sys.argv = argv
+    previous = signal.signal(signal.SIGTERM, _stop_handler(root))
     try:
         main()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sys.argv = saved
         GlobalHydra.instance().clear()
     return read_manifest(root)
+
+
+def _stop_handler(root: Path) -> Any:
+    """SIGTERM of the sweep: start no further trial and pass the signal on to the running trials of this
+    host, which save their state and record themselves as interrupted. (Ctrl-C in a terminal reaches
+    the trials directly, so SIGINT is not passed on: a trial would take it as the second one.)"""
+
+    def handle(signum: int, _frame: Any) -> None:
+        (root / STOP_FILE).write_text(f"{signal.Signals(signum).name} {now_iso()}\n")
+        print("attn sweep: SIGTERM received; stopping the running trials (they save their state)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        try:
+            trials = read_manifest(root)["trials"]  # no lock: the handler may interrupt its holder
+        except ConfigError:
+            return
+        host = socket.gethostname()
+        for t in trials:
+            if t.get("status") == "running" and t.get("host") == host and isinstance(t.get("pid"), int):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(t["pid"], signal.SIGTERM)
+
+    return handle
+
+
+def stopped(sweep_dir: str | Path) -> str | None:
+    """The signal that stopped the sweep's last session (``SIGTERM``), clearing the mark; else None."""
+    path = Path(sweep_dir) / STOP_FILE
+    if not path.exists():
+        return None
+    text = path.read_text().split()
+    path.unlink(missing_ok=True)
+    return text[0] if text else "SIGTERM"
 
 
 def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:

@@ -20,7 +20,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .records import RUN_DIR_ENV, RunRecord, is_rank_zero, read_record, resolve_run_dir
+from .records import (
+    RUN_DIR_ENV,
+    DirLock,
+    RunRecord,
+    flatten,
+    is_rank_zero,
+    previous_attempts,
+    read_record,
+    resolve_run_dir,
+)
 from .schema import ConfigError
 from .threads import ThreadPlan, apply_torch
 from .threads import plan as plan_threads
@@ -45,6 +54,7 @@ class Resume:
     run_dir: Path
     checkpoint: Path
     wandb_id: str | None
+    step: int | None = None  # the checkpoint's global step
 
 
 # Lines from libraries that a user cannot act on: device banners, product tips, the checkpoint each
@@ -112,17 +122,6 @@ def _build_loggers(
     return loggers
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _attention_kwargs(cfg: DictConfig) -> dict[str, Any]:
     params = {k: v for k, v in OmegaConf.to_container(cfg.attention.params).items() if v is not None}
     return {
@@ -137,9 +136,16 @@ def _attention_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 def _baseline(dm: Any) -> dict[str, float]:
     """The order-blind baseline of the task, fitted on its train split and scored on test."""
-    from attn.models.baseline import bag_of_frames, bow_logistic_regression, logistic_regression
+    from attn.models.baseline import (
+        bag_of_frames,
+        bow_logistic_regression,
+        logistic_regression,
+        sequence_bow_accuracy,
+    )
 
     train, test = dm.datasets["train"].tensors, dm.datasets["test"].tensors
+    if train[1].dim() == 2:  # sequence tasks: the prefix's token counts at each target position
+        return {"test/bow_acc": sequence_bow_accuracy(train, test, dm.vocab_size)}
     if hasattr(dm, "vocab_size"):  # text: token counts
         return {"test/bow_acc": bow_logistic_regression(train[:2], test[:2], dm.vocab_size, dm.n_classes)}
     if train[0].dim() == 3 and train[0].is_floating_point():  # speech: feature frames
@@ -149,9 +155,12 @@ def _baseline(dm: Any) -> dict[str, float]:
 
 
 def _chance(dm: Any) -> dict[str, float]:
-    """The task's chance level: the accuracy of always predicting the test split's majority class."""
+    """The task's chance level: the one the task states, else the accuracy of always predicting the
+    test split's majority class."""
     import torch
 
+    if hasattr(dm, "chance"):
+        return {"test/chance_acc": float(dm.chance)}
     labels = dm.datasets["test"].tensors[1]
     counts = torch.bincount(labels.flatten().long())
     return {"test/chance_acc": float(counts.max()) / max(1, labels.numel())}
@@ -186,7 +195,8 @@ def _signal_stop_callback(record: RunRecord):
 
         def _handle(self, signum: int, _frame: Any) -> None:
             if self.signum is not None:  # the second signal: exit at once
-                record.finish("interrupted", f"{signal.Signals(signum).name} twice: exited at once")
+                name = signal.Signals(signum).name
+                record.finish("interrupted", f"{name} twice: exited at once", 128 + signum)
                 os._exit(128 + signum)
             self.signum = signum
             name = signal.Signals(signum).name
@@ -287,25 +297,43 @@ def fit_and_test(
 ) -> dict[str, float]:
     """Seed, build the data and model, fit, test the best checkpoint; returns the test metrics."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from .checkpoints import (
+        AtomicCheckpointIO,
+        RunCheckpoint,
+        config_digest,
+        keep_history,
+        metric_history,
+    )
 
     quiet_third_party()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     container = OmegaConf.to_container(cfg, resolve=True)
     dm, module = build_data_and_module(cfg)
+    module.attn_config = container  # stored in every checkpoint: a resume checks it against config.yaml
+    record.data["config_sha1"] = config_digest(container, RESUMABLE_KEYS)
     dm.save(str(run_dir))
-    loggers = _build_loggers(cfg, run_dir, _flatten(container), resume.wandb_id if resume else None)
+    history = metric_history(run_dir, resume.step) if resume and record.write else []
+    flat = {**flatten(container), **flatten({"provenance": record.data.get("provenance") or {}})}
+    loggers = _build_loggers(cfg, run_dir, flat, resume.wandb_id if resume else None)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and record.write:
             record.data["wandb_id"] = logger.experiment.id
-    checkpoint = ModelCheckpoint(
+    keep_history(loggers, history)  # the earlier attempts' metric rows stay in csv/metrics.csv
+    checkpoint = RunCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="best-{epoch}-{step}",
         monitor=cfg.task.monitor,
         mode=cfg.task.monitor_mode,
         save_last=True,
     )
-    callbacks: list = [checkpoint, stopper]
+    from attn.models.training import SampleEfficiency
+
+    floor = float(getattr(dm, "chance", 0.0))  # where the validation metric starts: chance, or 0
+    if hasattr(dm, "n_classes") and not hasattr(dm, "chance") and "test" in getattr(dm, "datasets", {}):
+        floor = _chance(dm)["test/chance_acc"]
+    efficiency = SampleEfficiency(cfg.task.monitor, cfg.task.monitor_mode, floor)
+    callbacks: list = [checkpoint, stopper, efficiency]
     if cfg.diagnostics.enabled:
         from attn.models.diagnostics import AttentionDiagnostics
 
@@ -315,6 +343,7 @@ def fit_and_test(
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     record.data["device"] = _device_info(trainer)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
@@ -332,11 +361,20 @@ def fit_and_test(
         )
     metrics["train/epochs"] = float(trainer.current_epoch)
     metrics["train/steps"] = float(trainer.global_step)
-    if hasattr(dm, "n_classes"):  # classification tasks
+    if not trainer.fast_dev_run:
+        metrics.update(efficiency.result())
+    if hasattr(dm, "n_classes") or hasattr(dm, "chance"):  # classification and sequence tasks
         metrics.update(_chance(dm))
         if cfg.baseline and trainer.is_global_zero:
             metrics.update(_baseline(dm))
+    lengths = cfg.task.get("eval_lengths")
+    if lengths and trainer.is_global_zero:
+        from attn.models.sequence import evaluate_at_lengths
+
+        data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}
+        metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size))
     record.data["best_checkpoint"] = best
+    record.data["predictions"] = getattr(module, "prediction_info", None)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update(metrics)
@@ -350,7 +388,8 @@ def run(
 
     ``threads`` is the plan made before torch was imported (``attn train``); without one (a call from
     Python) the plan is made here and only torch's thread count follows it.
-    ``OSError`` escapes when the run directory cannot be created or the record cannot be written.
+    ``OSError`` escapes when the run directory cannot be created or the record cannot be written,
+    ``RunDirBusy`` when another live process holds the run directory's lock.
     """
     previous = os.environ.get(RUN_DIR_ENV)
     if resume is not None:
@@ -361,9 +400,39 @@ def run(
         _restore_env(previous)
     rank0 = is_rank_zero()  # other DDP ranks train but write no config or record
     run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run directory: a second run or resume of it stops here, before touching anything.
+    lock = DirLock(run_dir).acquire() if rank0 else None
+    try:
+        return _run_locked(cfg, run_dir, rank0, resume, threads, previous)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    cfg: DictConfig,
+    run_dir: Path,
+    rank0: bool,
+    resume: Resume | None,
+    threads: ThreadPlan | None,
+    previous: str | None,
+) -> tuple[dict[str, Any], BaseException | None]:
+    if rank0:
+        from .checkpoints import remove_partial_checkpoints
+
+        remove_partial_checkpoints(run_dir)
     if resume is None and rank0:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0)
+    attempts: list[dict[str, Any]] = []
+    if resume is not None:
+        try:
+            attempts = previous_attempts(read_record(run_dir / "results.json"))
+        except ValueError:
+            attempts = []  # no record (killed before it) or a corrupt one: its attempts are unknown
+    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0, attempts=attempts)
+    from .provenance import provenance
+
+    record.data["provenance"] = provenance()
     threads = threads or plan_threads(cfg, os.environ)
     apply_torch(threads)
     record.data["threads"] = threads.as_dict()
@@ -378,12 +447,12 @@ def run(
         _finish_wandb(128 + e.signum, preempted=True)
         saved = "checkpoint saved" if e.saved else "training had finished"
         line = f"{e}; {saved}, resume with: attn train resume={run_dir}"
-        return record.finish("interrupted", line), e
+        return record.finish("interrupted", line, 128 + e.signum), e
     except (KeyboardInterrupt, SystemExit) as e:  # a signal before training started or outside our hooks
         code = 128 + (stopper.signum or signal.SIGINT)
         _finish_wandb(code)
         name = signal.Signals(stopper.signum or signal.SIGINT).name
-        return record.finish("interrupted", f"interrupted by {name} before a checkpoint"), e
+        return record.finish("interrupted", f"interrupted by {name} before a checkpoint", code), e
     except Exception as e:
         _finish_wandb(1)
         text = str(e).strip()
@@ -438,6 +507,7 @@ def prepare_resume(
     if status == "completed":
         raise ConfigError(f"resume={run_dir}: the run already completed; start a new run instead")
     cfg = OmegaConf.load(config_path)
+    step = _check_trained_config(root, checkpoint, OmegaConf.to_container(cfg, resolve=True))
     refused = []
     for o in OverridesParser.create().parse_overrides(overrides=overrides):
         key = o.get_key_element()
@@ -458,4 +528,28 @@ def prepare_resume(
         pass
     if before_validate is not None:
         before_validate(cfg)
-    return validate(cfg), Resume(root, checkpoint, wandb_id)
+    return validate(cfg), Resume(root, checkpoint, wandb_id, step)
+
+
+def _check_trained_config(root: Path, checkpoint: Path, saved: dict[str, Any]) -> int | None:
+    """The checkpoint's global step, after checking that ``config.yaml`` is the config that trained it
+    (``ConfigError`` naming every changed key otherwise). Checkpoints of older versions hold no config."""
+    import torch
+
+    from .checkpoints import CONFIG_KEY, config_changes
+
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # any unreadable checkpoint is one line for the user
+        what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        raise ConfigError(f"resume={root}: {checkpoint.name} cannot be read ({what})") from None
+    trained = ckpt.get(CONFIG_KEY)
+    if isinstance(trained, dict):
+        changes = config_changes(trained, saved, RESUMABLE_KEYS)
+        if changes:
+            raise ConfigError(
+                f"resume={root}: config.yaml is not the config that trained {checkpoint.name}: "
+                f"{', '.join(changes)}; restore it or start a new run"
+            )
+    step = ckpt.get("global_step")
+    return int(step) if isinstance(step, int) else None

@@ -57,8 +57,12 @@ def _clause(rng: random.Random, polarity: int) -> list[str]:
     return clause
 
 
-def generate(n: int, seed: int) -> list[tuple[list[str], int]]:
-    """``n`` examples ``(tokens, label)``, label 1 = positive; deterministic for ``seed``."""
+def generate(n: int, seed: int, distractors: int = 0) -> list[tuple[list[str], int]]:
+    """``n`` examples ``(tokens, label)``, label 1 = positive; deterministic for ``seed``.
+
+    ``distractors`` > 0 puts that many clauses of random polarity, each joined by ``and``, in front
+    (the label stays the polarity of the clause right after the contrast word).
+    """
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -67,6 +71,8 @@ def generate(n: int, seed: int) -> list[tuple[list[str], int]]:
         if rng.random() < 0.5:  # a distractor: an expectation whose adjective says nothing
             lead = rng.choice(EXPECT).format(rng.choice(NOUNS)).split()
             tokens = [*lead, rng.choice(POSITIVE + NEGATIVE), "and", *tokens]
+        for _ in range(distractors):  # earlier opinions, joined by "and", before the contrast
+            tokens = [*_clause(rng, rng.randrange(2)), "and", *tokens]
         out.append((tokens, label))
     return out
 
@@ -95,8 +101,12 @@ class ContrastDataModule(TokenClassificationDataModule):
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        distractors: int = 0,
     ) -> None:
         super().__init__()
+        if distractors < 0:
+            raise ValueError(f"task.datamodule.distractors must be >= 0, got {distractors}")
+        self.distractors = distractors
         for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
             if value < 1:
                 raise ValueError(f"task.datamodule.{key} must be >= 1, got {value}")
@@ -108,15 +118,27 @@ class ContrastDataModule(TokenClassificationDataModule):
         self.splits: dict[str, list[tuple[list[str], int]]] = {}
         self.datasets: dict[str, TensorDataset] = {}
 
+    @staticmethod
+    def check_config(path: str, node: dict) -> None:
+        """Split sizes >= 1, distractors >= 0; ``ValueError`` names the bad value."""
+        for key, low in (("n_train", 1), ("n_val", 1), ("n_test", 1), ("distractors", 0)):
+            value = node.get(key, low)
+            if isinstance(value, int) and not isinstance(value, bool) and value < low:
+                raise ValueError(f"{path}.{key}={value} is invalid: must be >= {low}")
+
     def prepare_splits(self) -> None:
         """Generate the three splits (idempotent); test and val drop any train sentence."""
         if self.splits:
             return
-        train = generate(self.n_train, self.seed * 1000 + 1)
+        train = generate(self.n_train, self.seed * 1000 + 1, self.distractors)
         seen = {" ".join(t) for t, _ in train}
         splits = {"train": train}
         for offset, (name, n) in enumerate((("val", self.n_val), ("test", self.n_test)), start=2):
-            rows = [ex for ex in generate(n * 2, self.seed * 1000 + offset) if " ".join(ex[0]) not in seen]
+            rows = [
+                ex
+                for ex in generate(n * 2, self.seed * 1000 + offset, self.distractors)
+                if " ".join(ex[0]) not in seen
+            ]
             splits[name] = rows[:n]
             seen.update(" ".join(t) for t, _ in splits[name])
         self.splits = splits

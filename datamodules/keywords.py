@@ -4,7 +4,7 @@ A *voice* is an English accent (``en-us``, ``en-gb-scotland``, ...) with a voice
 ``f2``, ``croak``, ...) that sets pitch, formants and breathiness. Variants are split between train,
 validation and test, so every test clip comes from a variant never heard in training. Each clip
 draws its speed, pitch, loudness, position in the clip and background noise (white or
-brown, 5-30 dB SNR) from a generator seeded per clip.
+brown, 5-30 dB SNR by default) from a generator seeded per clip.
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from .features import read_wav, resample
 
 # The ten keywords of Speech Commands' 12-class task (which adds "unknown" and "silence").
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+# All 35 words of Speech Commands v0.02 (Warden, 2018): the ten keywords, digits, auxiliary words.
+SPEECH_COMMANDS = (
+    *KEYWORDS,
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    "bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow",
+    "backward", "forward", "follow", "learn", "visual",
+)  # fmt: skip
+SNR_DB = (5.0, 30.0)  # the default range of signal-to-noise ratios of the added noise
 ACCENTS = (
     "en-us",
     "en-gb",
@@ -92,8 +100,11 @@ def plan(
     return out
 
 
-def synthesise(u: Utterance, sample_rate: int, n_samples: int, noise: bool = True) -> np.ndarray:
-    """The clip of ``u``: ``n_samples`` float32 samples at ``sample_rate``."""
+def synthesise(
+    u: Utterance, sample_rate: int, n_samples: int, noise: bool = True, snr_db: tuple[float, float] = SNR_DB
+) -> np.ndarray:
+    """The clip of ``u``: ``n_samples`` float32 samples at ``sample_rate``; with ``noise``, white or
+    brown noise at a signal-to-noise ratio drawn uniformly from ``snr_db``."""
     rng = np.random.default_rng(u.seed)
     speed, pitch = int(rng.integers(110, 230)), int(rng.integers(15, 85))
     cmd = [espeak(), "-v", f"{u.accent}+{u.variant}", "-s", str(speed), "-p", str(pitch), "--stdout", u.word]
@@ -117,9 +128,9 @@ def synthesise(u: Utterance, sample_rate: int, n_samples: int, noise: bool = Tru
         if rng.random() < 0.5:  # brown noise: integrated white noise, zero mean
             white = np.cumsum(white)
             white -= np.linspace(white[0], white[-1], n_samples, dtype=np.float32)
-        snr_db = float(rng.uniform(5, 30))
+        snr = float(rng.uniform(*snr_db))
         signal_power = float(np.mean(x**2)) + 1e-12
-        white *= np.sqrt(signal_power / 10 ** (snr_db / 10) / (float(np.mean(white**2)) + 1e-12))
+        white *= np.sqrt(signal_power / 10 ** (snr / 10) / (float(np.mean(white**2)) + 1e-12))
         clip = clip + white
     return clip.astype(np.float32)
 
@@ -130,6 +141,7 @@ def synthesise_all(
     n_samples: int,
     noise: bool = True,
     workers: int = 4,
+    snr_db: tuple[float, float] = SNR_DB,
     label: str = "eSpeak NG: synthesising keywords",
 ) -> np.ndarray:
     """``[N, n_samples]`` float32 clips (eSpeak processes run in parallel), with a progress bar on
@@ -144,7 +156,7 @@ def synthesise_all(
     clips = []
     with ThreadPoolExecutor(max_workers=workers) as pool, progress:
         task = progress.add_task(label, total=len(utterances))
-        for clip in pool.map(lambda u: synthesise(u, sample_rate, n_samples, noise), utterances):
+        for clip in pool.map(lambda u: synthesise(u, sample_rate, n_samples, noise, snr_db), utterances):
             clips.append(clip)
             progress.advance(task)
     return np.stack(clips) if clips else np.zeros((0, n_samples), np.float32)

@@ -45,6 +45,11 @@ def encode_pairs(
     return TensorDataset(x, y)
 
 
+# Up to this many numbers, the splits come from a shuffle of all of them (as every measured default did);
+# above it, from random.sample, which never builds the list.
+SHUFFLE_LIMIT = 10_000_000
+
+
 class NumberTranslationDataModule(PairDataModule):
     """Numbers in words, ``source`` -> ``target`` language, disjoint train/val/test numbers."""
 
@@ -94,8 +99,12 @@ class NumberTranslationDataModule(PairDataModule):
         """Spell out the numbers of each split and build the vocabularies (idempotent)."""
         if self.splits:
             return
-        order = list(range(self.max_number))
-        random.Random(self.seed).shuffle(order)
+        rng, total = random.Random(self.seed), sum(self.sizes.values())
+        if self.max_number <= SHUFFLE_LIMIT:  # the original draw: a shuffle of every number
+            order = list(range(self.max_number))
+            rng.shuffle(order)
+        else:  # a list of every number below 10^9 would take gigabytes: draw only the ones used
+            order = rng.sample(range(self.max_number), total)
         start = 0
         for name, size in self.sizes.items():
             self.numbers[name] = order[start : start + size]

@@ -101,7 +101,10 @@ class ResumableLoader(DataLoader):
         return {"epoch": self.batches.epoch, "batches_done": int(self._progress())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batches.resume_at(int(state["epoch"]), int(state["batches_done"]))
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self.batches):  # saved after the epoch's last batch (e.g. at validation end)
+            epoch, done = epoch + 1, 0
+        self.batches.resume_at(epoch, done)
 
 
 def distributed(trainer: Any) -> tuple[int, int]:

@@ -33,7 +33,15 @@ from torch.utils.data import TensorDataset
 from .base import SplitDataModule
 from .features import FeatureConfig, compute_features, fit_clip, read_wav, resample
 from .hub import label_names, load_split
-from .keywords import ACCENTS, KEYWORDS, VARIANTS, plan, split_variants, synthesise_all
+from .keywords import (
+    ACCENTS,
+    KEYWORDS,
+    SNR_DB,
+    VARIANTS,
+    plan,
+    split_variants,
+    synthesise_all,
+)
 
 SOURCES = ("synth", "folder", "hub")
 SPLITS = ("train", "val", "test")
@@ -114,6 +122,7 @@ class SpeechDataModule(SplitDataModule):
         n_test_voices: int = 8,
         repeats: int = 1,
         noise: bool = True,
+        snr_db: list[float] | None = None,
         features: dict[str, Any] | None = None,
         clip_seconds: float = 1.0,
         max_len: int = 101,
@@ -138,6 +147,8 @@ class SpeechDataModule(SplitDataModule):
             "repeats": repeats,
             "noise": noise,
         }
+        if snr_db is not None and tuple(snr_db) != SNR_DB:  # the default keeps the cache key it had
+            self.synth["snr_db"] = [float(v) for v in snr_db]
         self.features = FeatureConfig(**(features or {}))
         self.n_samples = round(clip_seconds * self.features.sample_rate)
         self.max_len, self.cache_dir = max_len, cache_dir
@@ -164,6 +175,10 @@ class SpeechDataModule(SplitDataModule):
                     f"{path}.n_val_voices={n_val} and {path}.n_test_voices={n_test} must each be >= 1 and"
                     f" leave training voices among the {n_variants} variants"
                 )
+            snr = node.get("snr_db")
+            if snr is not None and (len(snr) != 2 or not all(isinstance(v, int | float) for v in snr)
+                                    or snr[0] > snr[1]):  # fmt: skip
+                raise ValueError(f"{path}.snr_db={snr!r} is invalid: must be [low, high] in dB, low <= high")
             if node.get("repeats", 1) < 1:
                 raise ValueError(f"{path}.repeats={node['repeats']} is invalid: must be >= 1")
         if source == "folder":
@@ -270,7 +285,12 @@ class SpeechDataModule(SplitDataModule):
                 utterances = plan(classes, s["accents"], voices[split], s["repeats"], self.seed)
                 label = f"eSpeak NG: synthesising the {split} split (cached after the first run)"
                 clips = synthesise_all(
-                    utterances, self.features.sample_rate, self.n_samples, s["noise"], label=label
+                    utterances,
+                    self.features.sample_rate,
+                    self.n_samples,
+                    s["noise"],
+                    label=label,
+                    snr_db=tuple(s.get("snr_db", SNR_DB)),
                 )
                 xs[split] = self._features(clips)
                 ys[split] = torch.tensor([classes.index(u.word) for u in utterances])

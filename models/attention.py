@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .softmax import LearnableTemperature, check_temperature, get_softmax
+from .softmax import LearnableTemperature, adaptive_beta, check_temperature, get_softmax
 
 AttentionOutput = tuple[Tensor, Tensor | None]
 _REGISTRY: dict[str, Callable[..., AttentionOutput] | type[nn.Module]] = {}
@@ -525,7 +525,10 @@ class MultiHeadAttention(nn.Module):
     ``x: [B, Lq, d_model]`` attends to ``context: [B, Lk, d_model]`` (``x`` itself for
     self-attention, where Q, K and V come from one fused projection). ``n_kv_heads`` < ``n_heads``
     shares each key/value head among ``n_heads / n_kv_heads`` query heads (GQA; 1 = MQA).
-    ``temperature`` is a float > 0 or ``"learnable"`` (one positive temperature per head).
+    ``temperature`` is a float > 0, ``"learnable"`` (one positive temperature per head) or
+    ``"adaptive"``: ``T = 1`` in training; in evaluation each query row's logits are multiplied by
+    :func:`~attn.models.softmax.adaptive_beta` of its ``T = 1`` weights (Veličković et al., 2024),
+    which needs ``softmax="softmax"`` and a kind that normalises its weights.
     """
 
     def __init__(
@@ -563,7 +566,16 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.kind, self.softmax, self.scale, self.dropout = kind, softmax, scale, dropout
         self.attention = build_attention(kind, head_dim=self.head_dim, n_heads=n_heads, **params)
-        if temperature == "learnable":
+        self.adaptive = temperature == "adaptive"
+        if self.adaptive and (softmax != "softmax" or kind not in NORMALISED_KINDS):
+            raise ValueError(
+                f"temperature='adaptive' needs softmax='softmax' and a normalised kind "
+                f"({', '.join(sorted(NORMALISED_KINDS))}); got kind={kind!r}, softmax={softmax!r}"
+            )
+        if self.adaptive:
+            self.learned_temperature = None
+            self.temperature = 1.0
+        elif temperature == "learnable":
             self.learned_temperature: LearnableTemperature | None = LearnableTemperature(
                 n_heads, temperature_init
             )
@@ -608,9 +620,16 @@ class MultiHeadAttention(nn.Module):
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        temperature = self.current_temperature()
+        if self.adaptive and not self.training:  # first pass at T = 1 gives each row's entropy
+            _, w = self.attention(
+                q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, temperature=1.0,
+                softmax=self.softmax, dropout_p=0.0, need_weights=True,
+            )  # fmt: skip
+            temperature = 1.0 / adaptive_beta(w)
         out, weights = self.attention(
             q, k, v, mask=mask, is_causal=is_causal, scale=self.scale,
-            temperature=self.current_temperature(), softmax=self.softmax,
+            temperature=temperature, softmax=self.softmax,
             dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
         )  # fmt: skip
         b, _, lq, _ = out.shape

@@ -65,3 +65,27 @@ def bow_logistic_regression(
     return logistic_regression(
         (x_tr, train[1]), (x_te, test[1]), n_classes, l2=l2, steps=steps, standardize=False
     )
+
+
+def prefix_bag_features(
+    ids: Tensor, targets: Tensor, vocab_size: int, ignore: int = -100
+) -> tuple[Tensor, Tensor]:
+    """Order-blind features of every target position of ``ids [N, L]``: the token counts of the prefix up
+    to and including the position, and the position's own token (one-hot): ``[P, 2 * vocab_size]`` and
+    the ``P`` targets."""
+    onehot = F.one_hot(ids, vocab_size).float()
+    onehot[..., 0] = 0
+    prefix = onehot.cumsum(dim=1)
+    asked = targets != ignore
+    return torch.cat([prefix[asked], onehot[asked]], dim=-1), targets[asked]
+
+
+def sequence_bow_accuracy(
+    train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], vocab_size: int, max_rows: int = 4000
+) -> float:
+    """Test accuracy, over target positions, of :func:`logistic_regression` on
+    :func:`prefix_bag_features` (fitted on the first ``max_rows`` training sequences): what can be
+    predicted without knowing the order of the tokens."""
+    x_tr, y_tr = prefix_bag_features(train[0][:max_rows], train[1][:max_rows], vocab_size)
+    x_te, y_te = prefix_bag_features(test[0], test[1], vocab_size)
+    return logistic_regression((x_tr, y_tr), (x_te, y_te), vocab_size)

@@ -15,7 +15,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from .training import AttnModule
+from .training import AttnModule, PredictionWriter
 from .transformer import TextClassifier
 
 
@@ -24,7 +24,8 @@ class ClassificationModule(AttnModule):
 
     Logs ``{train,val,test}/loss`` (the negative log-likelihood) and ``{val,test}/acc``;
     the test split also gets macro-F1 (``test/f1``), the 15-bin expected calibration error
-    (``test/ece``) and the number of examples scored (``test/examples``).
+    (``test/ece``) and the number of examples scored (``test/examples``); every test example's label,
+    prediction and class probabilities go to ``predictions/test.tsv`` in the run directory.
     """
 
     def __init__(
@@ -74,10 +75,26 @@ class ClassificationModule(AttnModule):
         self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
+    def on_test_epoch_start(self) -> None:
+        dm = getattr(self._trainer, "datamodule", None)
+        names = getattr(dm, "label_names", None) or getattr(dm, "classes", None)
+        n = self.test_metrics["acc"].num_classes
+        self._names = [str(c) for c in names] if names and len(names) == n else [str(i) for i in range(n)]
+        self._predictions = PredictionWriter(["label", "predicted", *[f"p_{c}" for c in self._names]])
+
+    def on_test_epoch_end(self) -> None:
+        self.prediction_info = {"path": self._predictions.write(self._trainer)}
+
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         ids, y = batch
         logits = self(ids)
-        self.test_metrics.update(F.softmax(logits, dim=-1), y)
+        probs = F.softmax(logits, dim=-1)
+        if hasattr(self, "_predictions"):
+            names = self._names
+            pairs = zip(y.tolist(), probs.float(), strict=True)
+            rows = [[names[t], names[int(p.argmax())], *p.tolist()] for t, p in pairs]
+            self._predictions.add(self._trainer, rows)
+        self.test_metrics.update(probs, y)
         self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
         self.log_dict(self.test_metrics)
         self.test_examples.update(torch.tensor(float(len(y))))

@@ -49,8 +49,10 @@ class AttentionDiagnostics(L.Callback):
         if trainer.sanity_checking or self.batches < 1:
             return
         net = getattr(pl_module, "net", None)
-        if not hasattr(net, "blocks") or getattr(net.blocks[0].attn, "kind", None) == "linear":
-            return  # classifiers only (the encoder-decoder has no single stack); linear has no weights
+        encoder = getattr(net, "encoder", None)
+        if not hasattr(net, "padding_mask") or encoder is None or encoder.blocks[0].attn.kind == "linear":
+            return  # single-stack models only (not the encoder-decoder); linear forms no weights
+        layers = len(encoder.blocks)
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders
         sums: dict[str, Tensor] = {}
@@ -64,13 +66,13 @@ class AttentionDiagnostics(L.Callback):
                 inputs = inputs.to(pl_module.device)
                 _, weights = net(inputs, need_weights=True)
                 keep = net.padding_mask(inputs)  # [B, L] real (not padded) positions
-                for layer, w in enumerate(weights[:-1]):  # the last entry is the pooling attention
+                for layer, w in enumerate(weights[:layers]):  # a classifier's pooling weights come last
                     for stat, per_head in attention_stats(w, keep).items():
                         for head, value in enumerate(per_head):
                             key = f"attn/l{layer}h{head}/{stat}"
                             sums[key] = sums.get(key, 0.0) + value
                 if first is None:
-                    first = [w[0].mean(0).cpu() for w in weights[:-1]]
+                    first = [w[0].mean(0).cpu() for w in weights[:layers]]
                     n_real = int(keep[0].sum())
         net.train(was_training)
         n = min(self.batches, len(loader))

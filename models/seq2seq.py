@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
-from .transformer import Block, sinusoidal_positions
+from .transformer import Encoder
 
 
 class DecoderBlock(nn.Module):
     """``x + SelfAttn_causal(LN(x))``, ``x + CrossAttn(LN(x), memory)``, ``x + MLP(LN(x))``."""
 
     def __init__(
-        self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, attention: dict[str, Any]
+        self, d_model: int, n_heads: int, *, mlp_ratio: int, dropout: float, attention: dict[str, Any]
     ) -> None:
         super().__init__()
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
@@ -42,55 +42,46 @@ class DecoderBlock(nn.Module):
 
 
 class Seq2SeqTransformer(nn.Module):
-    """Source ids ``[B, Ls]`` and target-input ids ``[B, Lt]`` -> next-token logits ``[B, Lt, V]``."""
+    """Source ids ``[B, Ls]`` and target-input ids ``[B, Lt]`` -> next-token logits ``[B, Lt, V]``.
+
+    The source side is the shared :class:`~attn.models.transformer.Encoder`; the decoder stacks
+    :class:`DecoderBlock` s of the same width. ``net`` holds the ``model`` config group.
+    """
 
     def __init__(
-        self,
-        src_vocab_size: int,
-        tgt_vocab_size: int,
-        *,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        n_kv_heads: int | None = None,
-        mlp_ratio: int = 4,
-        max_len: int = 64,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-        attention: dict[str, Any] | None = None,
+        self, src_vocab_size: int, tgt_vocab_size: int, *, attention: dict[str, Any] | None = None, **net: Any
     ) -> None:
         super().__init__()
-        attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout}
-        self.max_len = max_len
+        d_model, n_layers = net.get("d_model", 64), net.get("n_layers", 2)
+        block = {"mlp_ratio": net.get("mlp_ratio", 4), "dropout": net.get("dropout", 0.0)}
+        decoder_attention = {
+            **(attention or {}),
+            "n_kv_heads": net.get("n_kv_heads"),
+            "dropout": net.get("attn_dropout", 0.0),
+        }
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=0)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=0)
-        self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
-        self.drop = nn.Dropout(dropout)
-        self.encoder = nn.ModuleList(
-            Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
-        )
+        self.encoder = Encoder(attention=attention, **net)
         self.decoder = nn.ModuleList(
-            DecoderBlock(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
+            DecoderBlock(d_model, net.get("n_heads", 4), attention=decoder_attention, **block)
+            for _ in range(n_layers)
         )
-        self.ln_enc, self.ln_dec = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.ln_dec = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, tgt_vocab_size)
 
-    def _embed(self, embed: nn.Embedding, ids: Tensor) -> Tensor:
-        if ids.shape[1] > self.max_len:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds model.max_len={self.max_len}")
-        return self.drop(embed(ids) + self.positions[: ids.shape[1]])
+    @property
+    def max_len(self) -> int:
+        return self.encoder.max_len
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder output ``[B, Ls, d]`` and the source key mask ``[B, 1, 1, Ls]`` (True = token)."""
-        mask = (src != 0)[:, None, None, :]
-        x = self._embed(self.src_embed, src)
-        for block in self.encoder:
-            x, _ = block(x, mask=mask)
-        return self.ln_enc(x), mask
+        keep = src != 0
+        memory, _ = self.encoder(self.src_embed(src), keep)
+        return memory, keep[:, None, None, :]
 
     def decode(self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Next-token logits for every target position."""
-        x = self._embed(self.tgt_embed, tgt_in)
+        x = self.encoder.embed_positions(self.tgt_embed(tgt_in))
         for block in self.decoder:
             x = block(x, memory, memory_mask)
         return self.head(self.ln_dec(x))

@@ -226,6 +226,28 @@ class LearnableTemperature(nn.Module):
         return self.log_t.exp()
 
 
+# Veličković et al. (2024), "softmax is not enough (for sharp out-of-distribution)": the degree-4
+# polynomial (highest power first) fitted on their max-retrieval task, and the entropy above which it applies.
+ADAPTIVE_POLY = (-0.037, 0.481, -2.3, 4.917, -1.791)
+ADAPTIVE_MIN_ENTROPY = 0.5
+
+
+def adaptive_beta(probs: Tensor, dim: int = -1) -> Tensor:
+    """The adaptive inverse temperature of each row of ``probs`` (a softmax output), differentiable.
+
+    With the row's Shannon entropy ``H = -sum_k p_k log p_k`` (nats),
+    ``beta = max(p(H), 1)`` if ``H > 0.5`` else ``1``, where
+    ``p(H) = -0.037 H^4 + 0.481 H^3 - 2.3 H^2 + 4.917 H - 1.791``. Multiplying the logits by ``beta``
+    (temperature ``1 / beta``) sharpens rows that have dispersed; rows with no weight get ``beta = 1``.
+    Returns ``beta`` with ``dim`` kept as size 1.
+    """
+    h = -(probs * probs.clamp_min(torch.finfo(probs.dtype).tiny).log()).sum(dim=dim, keepdim=True)
+    poly = torch.zeros_like(h)
+    for c in ADAPTIVE_POLY:
+        poly = poly * h + c
+    return torch.where(h > ADAPTIVE_MIN_ENTROPY, poly.clamp_min(1.0), torch.ones_like(h))
+
+
 def softmax_jacobian(s: Tensor) -> Tensor:
     """The softmax Jacobian ``diag(s) - s s^T`` for a probability vector ``s`` of shape [..., n]."""
     return torch.diag_embed(s) - s.unsqueeze(-1) * s.unsqueeze(-2)

@@ -1,5 +1,5 @@
-"""Keyword spotting: a convolutional front end that subsamples the feature frames, pre-norm transformer
-blocks (registry attention), attention pooling and a softmax over the keywords; SpecAugment masking."""
+"""Keyword spotting: a convolutional front end that subsamples the feature frames, the shared encoder
+(registry attention), attention pooling and a softmax over the keywords; SpecAugment masking."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .classification import ClassificationModule
 from .training import AttnModule
-from .transformer import AttentionPooling, Block, sinusoidal_positions
+from .transformer import AttentionPooling, Encoder
 
 
 class SpecAugment(nn.Module):
@@ -48,40 +48,22 @@ class SpecAugment(nn.Module):
 
 class SpeechClassifier(nn.Module):
     """Frames ``[B, T, n_features]`` -> two stride-2 convolutions (``T/4`` frames of ``d_model``) ->
-    positions -> ``n_layers`` pre-norm blocks -> attention pooling -> class logits."""
+    :class:`~attn.models.transformer.Encoder` -> attention pooling -> class logits. ``net`` holds the
+    ``model`` config group; its ``max_len`` counts input frames."""
 
     def __init__(
-        self,
-        n_features: int,
-        n_classes: int,
-        *,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        n_kv_heads: int | None = None,
-        mlp_ratio: int = 4,
-        max_len: int = 101,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-        attention: dict[str, Any] | None = None,
+        self, n_features: int, n_classes: int, *, attention: dict[str, Any] | None = None, **net: Any
     ) -> None:
         super().__init__()
-        attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout}
-        self.max_len = max_len
+        d_model = net.get("d_model", 64)
+        self.max_len = net.pop("max_len", 101)
         self.front = nn.Sequential(
             nn.Conv1d(n_features, d_model, kernel_size=5, stride=2, padding=2),
             nn.GELU(),
             nn.Conv1d(d_model, d_model, kernel_size=5, stride=2, padding=2),
             nn.GELU(),
         )
-        self.register_buffer(
-            "positions", sinusoidal_positions(self.frames(max_len), d_model), persistent=False
-        )
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
-        )
-        self.ln_f = nn.LayerNorm(d_model)
+        self.encoder = Encoder(attention=attention, max_len=self.frames(self.max_len), **net)
         self.pool = AttentionPooling(d_model)
         self.head = nn.Linear(d_model, n_classes)
 
@@ -101,13 +83,9 @@ class SpeechClassifier(nn.Module):
         if x.shape[1] > self.max_len:
             raise ValueError(f"{x.shape[1]} frames exceed model.max_len={self.max_len}")
         h = self.front(x.transpose(1, 2)).transpose(1, 2)
-        h = self.drop(h + self.positions[: h.shape[1]])
         keep = self.padding_mask(x)
-        weights = []
-        for block in self.blocks:
-            h, w = block(h, mask=keep[:, None, None, :], need_weights=need_weights)
-            weights.append(w)
-        pooled, pool_w = self.pool(self.ln_f(h), keep)
+        h, weights = self.encoder(h, keep, need_weights=need_weights)
+        pooled, pool_w = self.pool(h, keep)
         return self.head(pooled), [*weights, pool_w[:, None, None, :]] if need_weights else weights
 
 

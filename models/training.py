@@ -78,8 +78,13 @@ class AttnModule(L.LightningModule):
         if self._logging_step():
             self.log("train/grad_norm", norm)
 
+    attn_config: dict[str, Any] | None = None  # the resolved run config, set by attn train
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Random-number states, so that a resumed run draws what the uninterrupted one would."""
+        """Random-number states, so that a resumed run draws what the uninterrupted one would; and the
+        config that trained the weights (``attn_config``), which a resume checks."""
+        if self.attn_config is not None:
+            checkpoint["attn_config"] = self.attn_config
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_states"] = {  # plain types and tensors: loadable with weights_only=True
             "torch": torch.get_rng_state(),
@@ -123,3 +128,96 @@ class AttnModule(L.LightningModule):
             sched = config.scheduler
             for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
                 group["lr"] = base * self._lr_factor(sched.last_epoch)
+
+
+class SampleEfficiency(L.Callback):
+    """Records how fast the validation metric got where it ended: ``val/steps_to_{p}pct``, the first
+    training step at which ``monitor`` was at least ``p`` % of the way from ``floor`` to its final value.
+
+    ``floor`` is the task's chance level (0 when unknown, e.g. BLEU); ``mode="min"`` metrics count the
+    way down. The resolution is the validation interval. Nothing is recorded when the final value is
+    not past the floor (nothing was learned). The history is kept in checkpoints, so resumed runs
+    count from their start.
+    """
+
+    def __init__(
+        self, monitor: str, mode: str = "max", floor: float = 0.0, fractions: tuple[float, ...] = (0.5, 0.9)
+    ) -> None:
+        super().__init__()
+        self.monitor, self.mode, self.floor, self.fractions = monitor, mode, floor, tuple(fractions)
+        self.history: list[tuple[int, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        self.history.append((int(trainer.global_step), float(value)))
+
+    def result(self) -> dict[str, float]:
+        """``{val/steps_to_{p}pct: step}`` for each fraction (empty when nothing was learned)."""
+        if not self.history:
+            return {}
+        sign = 1.0 if self.mode == "max" else -1.0
+        final = self.history[-1][1]
+        gain = sign * (final - self.floor)
+        if not math.isfinite(gain) or gain <= 0:
+            return {}
+        out = {}
+        for f in self.fractions:
+            target = self.floor + sign * f * gain
+            step = next(s for s, v in self.history if sign * (v - target) >= -1e-12)
+            out[f"val/steps_to_{round(100 * f)}pct"] = float(step)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [tuple(h) for h in state_dict.get("history", [])]
+
+
+class PredictionWriter:
+    """Collects per-example test predictions on every rank and writes them, in example order, to
+    ``<run dir>/predictions/test.tsv`` (tab-separated, header first) from rank 0, so that every test metric
+    can be recomputed by an independent tool.
+
+    Evaluation shards give rank ``r`` of ``W`` the examples ``r, r + W, ...``; ``add`` numbers the rows
+    the same way.
+    """
+
+    PATH = "predictions/test.tsv"
+
+    def __init__(self, header: list[str]) -> None:
+        self.header = ["index", *header]
+        self.rows: list[list[Any]] = []
+        self.seen = 0
+
+    def add(self, trainer: Any, rows: list[list[Any]]) -> None:
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        for row in rows:
+            self.rows.append([rank + world * self.seen, *row])
+            self.seen += 1
+
+    def write(self, trainer: Any) -> str | None:
+        """Gather the rows of every rank; rank 0 writes the file. Returns its path relative to the run
+        directory (``None`` on the other ranks or without a trainer)."""
+        rows = self.rows
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [r for part in gathered for r in part]
+        if trainer is None or not trainer.is_global_zero:
+            return None
+        from pathlib import Path
+
+        path = Path(trainer.default_root_dir) / self.PATH
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
+        lines = ["\t".join(self.header)]
+        for row in sorted(rows, key=lambda r: r[0]):
+            cells = (f"{v:.6g}" if isinstance(v, float) else str(v).translate(clean) for v in row)
+            lines.append("\t".join(cells))
+        tmp = path.with_suffix(".tsv.tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return self.PATH

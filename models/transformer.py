@@ -1,4 +1,4 @@
-"""A small pre-norm transformer encoder, attention pooling and a softmax classifier.
+"""The pre-norm transformer encoder every task model shares, attention pooling and the text classifier.
 
 Every attention in it goes through :class:`attn.models.attention.MultiHeadAttention`, so the
 attention kind, the softmax variant and the temperature are chosen by configuration.
@@ -45,9 +45,9 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, need_weights: bool = False
+        self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        a, w = self.attn(self.ln1(x), mask=mask, need_weights=need_weights)
+        a, w = self.attn(self.ln1(x), mask=mask, is_causal=is_causal, need_weights=need_weights)
         x = x + self.drop(a)
         return x + self.mlp(self.ln2(x)), w
 
@@ -68,17 +68,16 @@ class AttentionPooling(nn.Module):
         return out[:, 0, 0], w[:, 0, 0]
 
 
-class TextClassifier(nn.Module):
-    """Token embedding + positions + ``n_layers`` pre-norm blocks + attention pooling + linear head.
+class Encoder(nn.Module):
+    """The block stack every task model composes: positions, dropout, ``n_layers`` pre-norm
+    :class:`Block` s of registry attention and a final LayerNorm, built from the ``model`` config.
 
-    ``forward`` returns class logits ``[B, n_classes]``; the softmax over classes lives in the loss
-    (cross-entropy) and in :meth:`predict_proba`.
+    ``forward(x [B, L, d], keep [B, L] | None)`` returns ``[B, L, d]`` and, per layer, the attention
+    weights (``None`` unless asked). ``causal`` lets position ``i`` see only positions ``<= i``.
     """
 
     def __init__(
         self,
-        vocab_size: int,
-        n_classes: int,
         *,
         d_model: int = 64,
         n_layers: int = 2,
@@ -89,36 +88,68 @@ class TextClassifier(nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         attention: dict[str, Any] | None = None,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout}
-        self.max_len = max_len
-        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.d_model, self.max_len, self.causal = d_model, max_len, causal
         self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
+
+    def embed_positions(self, x: Tensor) -> Tensor:
+        """``x + positions``, then dropout; refuses sequences longer than ``model.max_len``."""
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len={self.max_len}")
+        return self.drop(x + self.positions[: x.shape[1]])
+
+    def forward(
+        self, x: Tensor, keep: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """Encoded ``[B, L, d]`` of embedded inputs ``x`` (``keep``: True at real positions)."""
+        h = self.embed_positions(x)
+        mask = keep[:, None, None, :] if keep is not None else None
+        weights = []
+        for block in self.blocks:
+            h, w = block(h, mask=mask, is_causal=self.causal, need_weights=need_weights)
+            weights.append(w)
+        return self.ln_f(h), weights
+
+
+class TextClassifier(nn.Module):
+    """Token embedding + :class:`Encoder` + attention pooling + linear head.
+
+    ``forward`` returns class logits ``[B, n_classes]``; the softmax over classes lives in the loss
+    (cross-entropy) and in :meth:`predict_proba`. ``net`` holds the ``model`` config group.
+    """
+
+    def __init__(
+        self, vocab_size: int, n_classes: int, *, attention: dict[str, Any] | None = None, **net: Any
+    ) -> None:
+        super().__init__()
+        d_model = net.get("d_model", 64)
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.encoder = Encoder(attention=attention, **net)
         self.pool = AttentionPooling(d_model)
         self.head = nn.Linear(d_model, n_classes)
+
+    @property
+    def max_len(self) -> int:
+        return self.encoder.max_len
 
     def padding_mask(self, ids: Tensor) -> Tensor:
         """``[B, L]`` True at real tokens, False at padding (id 0)."""
         return ids != 0
 
     def forward(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
-        """Logits ``[B, n_classes]`` and, per layer, the attention weights (``None`` unless asked)."""
-        if ids.shape[1] > self.max_len:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds model.max_len={self.max_len}")
+        """Logits ``[B, n_classes]`` and, per layer, the attention weights (``None`` unless asked);
+        with ``need_weights`` the pooling weights ``[B, 1, 1, L]`` come last."""
         pad = self.padding_mask(ids)
-        x = self.drop(self.embed(ids) + self.positions[: ids.shape[1]])
-        mask = pad[:, None, None, :]
-        weights = []
-        for block in self.blocks:
-            x, w = block(x, mask=mask, need_weights=need_weights)
-            weights.append(w)
-        pooled, pool_w = self.pool(self.ln_f(x), pad)
+        h, weights = self.encoder(self.embed(ids), pad, need_weights=need_weights)
+        pooled, pool_w = self.pool(h, pad)
         return self.head(pooled), [*weights, pool_w[:, None, None, :]] if need_weights else weights
 
     @torch.no_grad()

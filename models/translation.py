@@ -10,7 +10,7 @@ from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
 from .seq2seq import Seq2SeqTransformer
-from .training import AttnModule
+from .training import AttnModule, PredictionWriter
 
 BOS, EOS = "<s>", "</s>"
 
@@ -20,7 +20,8 @@ class TranslationModule(AttnModule):
 
     Logs ``train/loss``, ``val/loss`` and ``val/token_acc`` (teacher-forced), and on the test split
     ``test/bleu`` and ``test/chrf`` (sacrebleu, on detokenised text), ``test/exact`` (whole-sentence
-    match rate), ``test/token_acc`` (teacher-forced), ``test/loss`` and ``test/examples``.
+    match rate), ``test/token_acc`` (teacher-forced), ``test/loss`` and ``test/examples``. Hypotheses and
+    references go to ``predictions/test.tsv`` in the run directory, sacrebleu's signatures to the record.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class TranslationModule(AttnModule):
 
     def on_test_epoch_start(self) -> None:
         self._hyps, self._refs = [], []
+        self._predictions = PredictionWriter(["hypothesis", "reference"])
         # Real corpora score against the original sentences (a third batch entry is the row index);
         # generated data against the detokenised target ids.
         dm = getattr(self.trainer, "datamodule", None)
@@ -97,11 +99,14 @@ class TranslationModule(AttnModule):
         n = int(src.shape[0])
         self.log("test/loss", loss, sync_dist=True, batch_size=n)
         self.log("test/token_acc", acc, sync_dist=True, batch_size=n)
-        self._hyps += self.translate(src)
+        hyps = self.translate(src)
         if self._references is not None and len(batch) == 3:
-            self._refs += [self._references[i] for i in batch[2].tolist()]
+            refs = [self._references[i] for i in batch[2].tolist()]
         else:
-            self._refs += [self._text(row[1:]) for row in tgt]
+            refs = [self._text(row[1:]) for row in tgt]
+        self._hyps += hyps
+        self._refs += refs
+        self._predictions.add(self._trainer, [list(pair) for pair in zip(hyps, refs, strict=True)])
         self.test_examples.update(torch.tensor(float(n)))
         self.log("test/examples", self.test_examples)
 
@@ -114,8 +119,14 @@ class TranslationModule(AttnModule):
             torch.distributed.all_gather_object(gathered, (hyps, refs))
             hyps = [h for g in gathered for h in g[0]]
             refs = [r for g in gathered for r in g[1]]
+        path = self._predictions.write(self._trainer)
         if not hyps:
             return
-        self.log("test/bleu", sacrebleu.corpus_bleu(hyps, [refs]).score)
-        self.log("test/chrf", sacrebleu.corpus_chrf(hyps, [refs]).score)
+        bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
+        self.log("test/bleu", bleu.corpus_score(hyps, [refs]).score)
+        self.log("test/chrf", chrf.corpus_score(hyps, [refs]).score)
+        self.prediction_info = {
+            "path": path,
+            "sacrebleu": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
+        }
         self.log("test/exact", sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(hyps))

@@ -35,6 +35,12 @@ def fast() -> list[str]:
     return list(FAST)
 
 
+@pytest.fixture(scope="session")
+def fast_overrides() -> list[str]:
+    """:func:`fast` for fixtures of a wider scope."""
+    return list(FAST)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -152,6 +152,9 @@ def test_help_lists_the_config_options_and_presets():
         assert line in train, line
     assert str(Path(__file__).resolve().parent.parent / "conf") in train
     sweep = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "300"}).output
-    assert "attention_kinds, first, smoke, study, temperature" in " ".join(sweep.replace("│", " ").split())
+    presets = (
+        "attention_kinds, first, hard_tasks, max_retrieval_temperature, mqar_kinds, smoke, study, temperature"
+    )
+    assert presets in " ".join(sweep.replace("│", " ").split())
     bench = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "300"}).output
     assert "resume=" not in bench and "softmax: entmax15, softmax, softmax1, sparsemax" in bench

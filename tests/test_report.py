@@ -416,6 +416,11 @@ def test_intervals_respect_the_metric_range(tmp_path):
     groups, _ = _groups(tmp_path, {("scaled_dot", 1.0): [0.99, 1.0, 1.0]})
     lo, hi = groups[0].stats["test/acc"].ci
     assert 0.0 <= lo <= hi <= 1.0
+    from attn.cli.report import metric_range
+
+    # metrics measured at an evaluation length keep their base metric's range; entropies are >= 0
+    assert metric_range("test/acc@16") == (0.0, 1.0) and metric_range("test/bleu@32") == (0.0, 100.0)
+    assert metric_range("test/entropy@16/l0")[0] == 0.0 and metric_range("val/steps_to_90pct")[0] == 0.0
 
 
 def test_summary_csv_has_each_metrics_own_columns(tmp_path):

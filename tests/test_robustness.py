@@ -96,6 +96,12 @@ def test_signal_saves_stops_and_resume_matches_uninterrupted(tmp_path, uninterru
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = read_record(run_dir / "results.json")
     assert final["status"] == "completed" and final["resumed_from"].endswith("last.ckpt")
+    attempts = final["attempts"]  # both attempts, with the total time
+    assert [a["status"] for a in attempts] == ["interrupted", "completed"]
+    assert [a["exit"] for a in attempts] == [code, 0]
+    assert attempts[0]["steps"] == step and attempts[1]["steps"] == uninterrupted["train/steps"]
+    assert final["total_duration_s"] == pytest.approx(sum(a["duration_s"] for a in attempts), abs=1e-3)
+    assert final["duration_s"] == attempts[1]["duration_s"] < final["total_duration_s"]
     for key, value in uninterrupted.items():
         assert final["metrics"][key] == pytest.approx(value, abs=1e-6), key
 

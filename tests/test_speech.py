@@ -413,7 +413,7 @@ def test_synthesis_shows_progress_on_stderr(monkeypatch, capsys):
     from attn.datamodules import keywords
 
     monkeypatch.setattr(keywords, "espeak", lambda: "espeak-ng")
-    monkeypatch.setattr(keywords, "synthesise", lambda u, sr, n, noise: np.zeros(n, np.float32))
+    monkeypatch.setattr(keywords, "synthesise", lambda u, sr, n, noise, snr: np.zeros(n, np.float32))
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     clips = keywords.synthesise_all(list(range(7)), 16000, 100, label="synthesising the val split")

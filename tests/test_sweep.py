@@ -309,3 +309,48 @@ def test_swept_values_with_quotes_survive_the_generated_overrides():
         cfg = load(_trial_command(trial, m)[4:])  # what the trial's attn train will parse
         assert cfg.logger.project in ("it's", "plain")
         assert list(cfg.logger.tags) == [f"logger.project={trial['values']['logger.project']}"]
+
+
+@pytest.mark.slow
+def test_sigterm_of_the_sweep_stops_its_trials_cleanly(tmp_path):
+    """`kill <sweep>`: the running trial saves and records itself interrupted, no further trial starts,
+    no trial process outlives the sweep, and --resume finishes the sweep from the saved state."""
+    sweep_dir = tmp_path / "s"
+    # ~1 s epochs of 64 batches: the signal lands inside training
+    slow = ["model=transformer", "logger=csv", "baseline=false", "task.datamodule.n_train=4096",
+            "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
+            "diagnostics.enabled=false"]  # fmt: skip
+    cmd = [ATTN, "sweep", *slow, "seed=0,1", "--dir", str(sweep_dir)]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (sweep_dir / "sweep.json").exists():
+            t = manifest(sweep_dir)["trials"][0]
+            if t.get("pid") and list((sweep_dir / t["run_dir"] / "checkpoints").glob("best-*.ckpt")):
+                break
+    else:
+        proc.kill()
+        pytest.fail("the first trial never reached its second epoch")
+    trial_pid = manifest(sweep_dir)["trials"][0]["pid"]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-2000:]
+    assert "sweep stopped by SIGTERM; finish it with: attn sweep --resume" in out
+    with pytest.raises(ProcessLookupError):
+        os.kill(trial_pid, 0)  # the trial process ended with the sweep
+    first, second = manifest(sweep_dir)["trials"]
+    record = read_record(sweep_dir / first["run_dir"] / "results.json")
+    assert first["status"] == "interrupted" and record["status"] == "interrupted"
+    assert "interrupted by SIGTERM at step" in record["error"]
+    assert second["status"] == "pending" and not (sweep_dir / second["run_dir"]).exists()
+    again = attn("sweep", "--resume", str(sweep_dir), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    first, second = manifest(sweep_dir)["trials"]
+    assert first["status"] == second["status"] == "completed"
+    resumed = read_record(sweep_dir / first["run_dir"] / "results.json")
+    assert resumed["resumed_from"].endswith("last.ckpt")
+    assert [a["status"] for a in resumed["attempts"]] == ["interrupted", "completed"]

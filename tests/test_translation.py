@@ -1,5 +1,7 @@
 """task=translation: the number data, the encoder-decoder's masks and decoders, BLEU end to end."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -79,6 +81,18 @@ def test_translation_learns_unseen_numbers(fast):
     assert m["test/examples"] == 60
     assert m["test/bleu"] > 80 and m["test/chrf"] > 80, m  # numbers never seen in training
     assert 0 <= m["test/exact"] <= 1 and m["test/token_acc"] > 0.9
+    # the hypotheses are kept: an independent tool recomputes the score from them
+    import csv
+
+    import sacrebleu
+
+    path = Path(record["run_dir"]) / record["predictions"]["path"]
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert [int(r["index"]) for r in rows] == list(range(60))
+    hyps, refs = [r["hypothesis"] for r in rows], [r["reference"] for r in rows]
+    assert sacrebleu.corpus_bleu(hyps, [refs]).score == pytest.approx(m["test/bleu"], rel=1e-6)  # float32 log
+    assert "nrefs:1" in record["predictions"]["sacrebleu"]["bleu"]
 
 
 def test_beam_search_task_end_to_end(fast):

@@ -1,0 +1,143 @@
+"""Checkpoints that survive crashes and moves: atomic writes, paths rebased to the run directory, the
+config that trained them, and the metric history kept across resumes. Imported when a run starts
+(it imports Lightning)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .records import flatten
+
+PARTIAL = ".*.ckpt.*.tmp"  # what an interrupted atomic save leaves (see AtomicCheckpointIO)
+CONFIG_KEY = "attn_config"  # the resolved config stored in every checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in its own directory, flushes it to disk, then renames
+    it over the target: a crash mid-write never leaves a truncated ``last.ckpt`` (whatever file system
+    ``$TMPDIR`` is on), and a failed write removes its temporary file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that were killed (``kill -9``, power loss); call
+    only while holding the run directory's lock."""
+    found = sorted((run_dir / "checkpoints").glob(PARTIAL)) if (run_dir / "checkpoints").is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """:class:`ModelCheckpoint` whose restored paths follow the run directory (a run directory that was
+    moved or copied resumes against its own checkpoints, never the original's), and whose ``last.ckpt``
+    is refreshed after every validation: Lightning 2.6 refreshes it only when a best checkpoint was
+    saved in the same step, which would make a resume repeat every epoch since the last improvement."""
+
+    @property
+    def state_key(self) -> str:
+        """The key of Lightning's own ModelCheckpoint, so that checkpoints written by either restore."""
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def _refresh_last(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    # Lightning saves in one of these two hooks (at train epoch end when validation ends each epoch);
+    # last.ckpt is refreshed in the same one, after the best checkpoints.
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            state_dict = rebase(state_dict, old, self.dirpath)
+        super().load_state_dict(state_dict)
+
+
+def rebase(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``ModelCheckpoint`` state with every path under ``old`` moved under ``new``."""
+
+    def move(path: Any) -> Any:
+        if isinstance(path, str) and path and Path(path).parent == Path(old):
+            return str(Path(new) / Path(path).name)
+        return path
+
+    out = {k: move(v) for k, v in state.items()}
+    out["dirpath"] = new
+    if isinstance(state.get("best_k_models"), dict):
+        out["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return out
+
+
+def config_digest(config: dict[str, Any], ignore: tuple[str, ...]) -> str:
+    """SHA-1 of the resolved config without the keys in ``ignore`` (those a resume may change)."""
+    flat = {k: v for k, v in flatten(config).items() if not k.startswith(ignore)}
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_changes(trained: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
+    """``key (trained -> now)`` for every key whose value differs, outside ``ignore``."""
+    a, b = flatten(trained), flatten(now)
+    keys = sorted(k for k in set(a) | set(b) if not k.startswith(ignore) and a.get(k) != b.get(k))
+    return [f"{k} ({a.get(k, 'absent')!r} -> {b.get(k, 'absent')!r})" for k in keys]
+
+
+def metric_history(run_dir: Path, up_to_step: int | None) -> list[dict[str, str]]:
+    """The rows of ``csv/metrics.csv`` logged at or before ``up_to_step`` (all when ``None``)."""
+    path = run_dir / "csv" / "metrics.csv"
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return []
+
+    def step(row: dict[str, str]) -> float:
+        try:
+            return float(row.get("step") or "nan")
+        except ValueError:
+            return float("nan")
+
+    return [r for r in rows if up_to_step is None or step(r) <= up_to_step]
+
+
+def keep_history(loggers: list[Any], rows: list[dict[str, str]]) -> None:
+    """Put the earlier attempts' rows back in front of what the CSV logger writes (Lightning's CSV
+    writer deletes an existing ``metrics.csv`` when it starts)."""
+    if not rows:
+        return
+    for logger in loggers:
+        if type(logger).__name__ == "CSVLogger":
+            writer = logger.experiment
+            old = [{k: v for k, v in r.items() if v not in ("", None)} for r in rows]
+            writer.metrics = old + writer.metrics
+            writer.save()

@@ -1,0 +1,260 @@
+"""Diagnostic sequence tasks that tell attention kinds apart, generated on the fly and deterministic by seed.
+
+Each example is a token sequence ``ids [L]`` with targets ``[L]``: the token a causal model must
+predict at that position, or ``IGNORE`` (-100) where nothing is asked. Token 0 is padding.
+
+* :class:`MQARDataModule` — multi-query associative recall (Arora et al., 2023, "Zoology"):
+  ``k1 v1 k2 v2 ... kN vN`` then the keys again in a random order; at each repeated key, predict the
+  value it was bound to. Length = ``N`` pairs. Chance ``1 / values``.
+* :class:`MaxRetrievalDataModule` — retrieve the class of the item with the largest priority from a set
+  of ``n`` items (after Veličković et al., 2024, "softmax is not enough"): each item is one token
+  carrying a priority (1..``priorities``) and a class; after the items, a query token asks for the class
+  of the highest-priority item. Length = ``n`` items. Chance ``1 / classes``.
+* :class:`SelectiveCopyDataModule` — selective copying (Gu & Dao, 2023, "Mamba"): ``M`` distinct data
+  tokens at random positions in a span of blank tokens, then a separator; the model must reproduce the
+  data tokens in their order (teacher-forced: at the separator predict the first, at each copied
+  token the next). Length = the span of the noise (``span``). Chance ``1 / data_tokens``.
+
+Every task trains at one length and can be tested at others (``task.eval_lengths``). The three splits
+are generated from independent streams of the seed and made disjoint: a validation or test sequence
+equal to a training sequence is drawn again.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+from .base import SplitDataModule
+
+IGNORE = -100
+
+
+def _rows(ids: Tensor) -> set[bytes]:
+    return {bytes(r.numpy().astype("int16").tobytes()) for r in ids}
+
+
+class SequenceTaskDataModule(SplitDataModule):
+    """Generated sequences with per-position targets; subclasses define the vocabulary and
+    :meth:`generate` (``n`` examples at one length) and say what their length counts."""
+
+    length_name = "length"
+    vocab_size: int
+    chance: float
+
+    def __init__(
+        self,
+        *,
+        length: int,
+        n_train: int = 16000,
+        n_val: int = 1000,
+        n_test: int = 2000,
+        max_len: int = 128,
+        eval_lengths: list[int] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.length, self.n_train, self.n_val, self.n_test = length, n_train, n_val, n_test
+        self.max_len, self.eval_lengths = max_len, list(eval_lengths or [])
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.datasets: dict[str, TensorDataset] = {}
+        self.check(self.__dict__)
+
+    # ------------------------------------------------------------------ what subclasses define
+
+    def tokens(self, length: int) -> int:
+        """Sequence length in tokens of an example at ``length``."""
+        raise NotImplementedError
+
+    def valid_lengths(self) -> tuple[int, int]:
+        """The smallest and largest ``length`` the task's vocabulary allows."""
+        raise NotImplementedError
+
+    def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` examples at ``length``: ids ``[n, tokens]`` and targets ``[n, tokens]``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+
+    def check(self, params: dict[str, Any], path: str = "task.datamodule") -> None:
+        """Raise ``ValueError`` (one line) unless every length fits the vocabulary and ``max_len``."""
+        low, high = self.valid_lengths()
+        name = self.length_name
+        for where, value in [(f"{path}.{name}", params["length"])] + [
+            ("task.eval_lengths", v) for v in params.get("eval_lengths") or []
+        ]:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"{where}={value!r} is invalid: {name} must be an integer in [{low}, {high}]"
+                )
+            if self.tokens(value) > params["max_len"]:
+                raise ValueError(
+                    f"{where}={value} needs sequences of {self.tokens(value)} tokens, more than"
+                    f" {path}.max_len={params['max_len']}: raise max_len"
+                )
+        for key in ("n_train", "n_val", "n_test"):
+            if params[key] < 1:
+                raise ValueError(f"{path}.{key}={params[key]} is invalid: must be >= 1")
+
+    @classmethod
+    def check_config(cls, path: str, params: dict[str, Any]) -> None:
+        """Config-time check of the settings (called by attn's config validation)."""
+        params = {k: v for k, v in params.items() if k != "_target_"}
+        cls(**params)
+
+    def _generator(self, *salt: int) -> torch.Generator:
+        g = torch.Generator()  # crc32, not hash(): string hashes differ between processes
+        g.manual_seed(zlib.crc32(repr((self.seed, type(self).__name__, *salt)).encode()))
+        return g
+
+    def _draw(self, n: int, length: int, salt: int, exclude: set[bytes]) -> TensorDataset:
+        """``n`` examples none of which is in ``exclude`` (drawn again until they are not)."""
+        g = self._generator(salt, length)
+        ids, targets = self.generate(n, length, g)
+        for _ in range(100):
+            clash = torch.tensor([bytes(r.numpy().astype("int16").tobytes()) in exclude for r in ids])
+            if not clash.any():
+                break
+            again_ids, again_targets = self.generate(int(clash.sum()), length, g)
+            ids[clash], targets[clash] = again_ids, again_targets
+        else:
+            raise RuntimeError(f"cannot draw {n} sequences outside the training split at {length}")
+        return TensorDataset(ids, targets)
+
+    def prepare_splits(self) -> None:
+        if self.datasets:
+            return
+        train = self._draw(self.n_train, self.length, 0, set())
+        seen = _rows(train.tensors[0])
+        self.datasets = {
+            "train": train,
+            "val": self._draw(self.n_val, self.length, 1, seen),
+            "test": self._draw(self.n_test, self.length, 2, seen),
+        }
+
+    def at_length(self, length: int) -> TensorDataset:
+        """``n_test`` test examples at ``length`` (none equal to a training sequence)."""
+        self.prepare_splits()
+        if length == self.length:
+            return self.datasets["test"]
+        return self._draw(self.n_test, length, 2, _rows(self.datasets["train"].tensors[0]))
+
+    def module_kwargs(self) -> dict[str, Any]:
+        """What the sequence module needs to know about the data."""
+        return {"vocab_size": self.vocab_size, "chance": self.chance}
+
+    def save(self, run_dir: str) -> None:
+        """Nothing to save: the data is regenerated from the seed."""
+
+
+def _random_order(n: int, k: int, g: torch.Generator) -> Tensor:
+    """``[n, k]``: each row a random permutation of ``0 .. k-1``."""
+    return torch.rand(n, k, generator=g).argsort(dim=1)
+
+
+class MQARDataModule(SequenceTaskDataModule):
+    """Multi-query associative recall; ``pairs`` key-value pairs, then every key queried once.
+
+    Tokens: keys ``1 .. keys``, values ``keys + 1 .. keys + values``. Keys in a sequence are distinct;
+    values are drawn independently (they may repeat).
+    """
+
+    length_name = "pairs"
+
+    def __init__(self, *, pairs: int = 8, keys: int = 64, values: int = 64, **kw: Any) -> None:
+        self.keys, self.values = keys, values
+        self.vocab_size = 1 + keys + values
+        self.chance = 1.0 / values
+        super().__init__(length=pairs, **kw)
+
+    def tokens(self, length: int) -> int:
+        return 3 * length
+
+    def valid_lengths(self) -> tuple[int, int]:
+        return 1, self.keys
+
+    def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        keys = _random_order(n, self.keys, g)[:, :length] + 1
+        values = torch.randint(0, self.values, (n, length), generator=g) + 1 + self.keys
+        order = _random_order(n, length, g)
+        queries = keys.gather(1, order)
+        answers = values.gather(1, order)
+        ids = torch.cat([torch.stack([keys, values], dim=2).reshape(n, 2 * length), queries], dim=1)
+        targets = torch.full_like(ids, IGNORE)
+        targets[:, 2 * length :] = answers
+        return ids, targets
+
+
+class MaxRetrievalDataModule(SequenceTaskDataModule):
+    """The class of the highest-priority item of a set of ``items``.
+
+    Tokens: item ``(priority p, class c)`` is ``1 + (p - 1) * classes + c`` for ``p`` in
+    ``1 .. priorities``, ``c`` in ``0 .. classes-1``; then the query token; then one token per class
+    (the answers). Priorities in a set are distinct, classes uniform, the order random.
+    """
+
+    length_name = "items"
+
+    def __init__(self, *, items: int = 16, priorities: int = 128, classes: int = 4, **kw: Any) -> None:
+        self.priorities, self.classes = priorities, classes
+        self.query = 1 + priorities * classes
+        self.vocab_size = self.query + 1 + classes
+        self.chance = 1.0 / classes
+        super().__init__(length=items, **kw)
+
+    def tokens(self, length: int) -> int:
+        return length + 1
+
+    def valid_lengths(self) -> tuple[int, int]:
+        return 1, self.priorities
+
+    def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        prio = _random_order(n, self.priorities, g)[:, :length]  # 0-based, distinct, random order
+        cls = torch.randint(0, self.classes, (n, length), generator=g)
+        items = 1 + prio * self.classes + cls
+        best = cls.gather(1, prio.argmax(dim=1, keepdim=True)).squeeze(1)
+        ids = torch.cat([items, torch.full((n, 1), self.query)], dim=1)
+        targets = torch.full_like(ids, IGNORE)
+        targets[:, -1] = self.query + 1 + best
+        return ids, targets
+
+
+class SelectiveCopyDataModule(SequenceTaskDataModule):
+    """Copy the ``copies`` data tokens scattered in a span of ``span`` blanks, in order.
+
+    Tokens: blank 1, separator 2, data ``3 .. 2 + data_tokens``. The data tokens of a sequence are
+    distinct, so each has exactly one successor in the copy.
+    """
+
+    length_name = "span"
+
+    def __init__(self, *, span: int = 32, copies: int = 8, data_tokens: int = 16, **kw: Any) -> None:
+        self.copies, self.data_tokens = copies, data_tokens
+        self.vocab_size = 3 + data_tokens
+        self.chance = 1.0 / data_tokens
+        if not 1 <= copies <= data_tokens:
+            raise ValueError(f"copies={copies} is invalid: must be in [1, data_tokens={data_tokens}]")
+        super().__init__(length=span, **kw)
+
+    def tokens(self, length: int) -> int:
+        return length + self.copies
+
+    def valid_lengths(self) -> tuple[int, int]:
+        return self.copies, 100_000
+
+    def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        m = self.copies
+        data = _random_order(n, self.data_tokens, g)[:, :m] + 3
+        where = _random_order(n, length, g)[:, :m].sort(dim=1).values
+        span = torch.ones(n, length, dtype=torch.long)
+        span.scatter_(1, where, data)
+        ids = torch.cat([span, torch.full((n, 1), 2), data[:, :-1]], dim=1)
+        targets = torch.full_like(ids, IGNORE)
+        targets[:, length:] = data
+        return ids, targets

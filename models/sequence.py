@@ -1,0 +1,156 @@
+"""Causal sequence models for the diagnostic tasks: the shared encoder run causally and a next-token head,
+trained on the positions that carry a target; accuracy over those positions, and what the attention
+does there, at the training length and at every ``task.eval_lengths`` length."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.aggregation import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from .diagnostics import attention_stats
+from .training import AttnModule, PredictionWriter
+from .transformer import Encoder
+
+IGNORE = -100
+
+
+class SequenceModel(nn.Module):
+    """Token embedding + causal :class:`~attn.models.transformer.Encoder` + linear head over the
+    vocabulary: ``ids [B, L]`` -> logits ``[B, L, V]``. ``net`` holds the ``model`` config group."""
+
+    def __init__(self, vocab_size: int, *, attention: dict[str, Any] | None = None, **net: Any) -> None:
+        super().__init__()
+        d_model = net.get("d_model", 64)
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        self.encoder = Encoder(attention=attention, causal=True, **net)
+        self.head = nn.Linear(d_model, vocab_size)
+
+    def padding_mask(self, ids: Tensor) -> Tensor:
+        """``[B, L]`` True at real tokens, False at padding (id 0)."""
+        return ids != 0
+
+    def forward(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
+        """Logits ``[B, L, V]`` and, per layer, the attention weights (``None`` unless asked)."""
+        keep = self.padding_mask(ids)
+        h, weights = self.encoder(self.embed(ids), None if bool(keep.all()) else keep, need_weights)
+        return self.head(h), weights
+
+
+class SequenceModule(AttnModule):
+    """Trains a :class:`SequenceModel` with cross-entropy on the target positions (``IGNORE`` elsewhere).
+
+    Logs ``{train,val,test}/loss``, ``{val,test}/acc`` (accuracy over target positions), ``test/seq_acc``
+    (sequences with every target right) and ``test/examples`` (sequences scored); each test sequence's
+    target and predicted tokens go to ``predictions/test.tsv``. ``chance`` is the
+    task's chance accuracy, used by the sample-efficiency record.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        net: dict[str, Any],
+        attention: dict[str, Any],
+        chance: float = 0.0,
+        **optim: Any,
+    ) -> None:
+        super().__init__(**optim)
+        self.save_hyperparameters()
+        self.chance = chance
+        self.net = SequenceModel(vocab_size, attention=attention, **net)
+        self.val_acc = MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)
+        self.test_acc = MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)
+        self.test_seq = SumMetric()
+        self.test_examples = SumMetric()
+
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        ids, y = batch
+        logits, _ = self.net(ids)
+        loss = self._loss(logits, y)
+        self.check_loss(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        if self._logging_step():
+            asked = y != IGNORE
+            self.log("train/acc", (logits.argmax(-1) == y)[asked].float().mean(), prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        ids, y = batch
+        logits, _ = self.net(ids)
+        self.val_acc(logits.transpose(1, 2), y)
+        self.log("val/loss", self._loss(logits, y), prog_bar=True, sync_dist=True, batch_size=len(y))
+        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(y))
+
+    def on_test_epoch_start(self) -> None:
+        self._predictions = PredictionWriter(["targets", "predicted", "correct"])
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        ids, y = batch
+        logits, _ = self.net(ids)
+        if hasattr(self, "_predictions"):
+            rows = []
+            for t, p in zip(y.tolist(), logits.argmax(-1).tolist(), strict=True):
+                pairs = [(a, b) for a, b in zip(t, p, strict=True) if a != IGNORE]
+                rows.append([" ".join(str(a) for a, _ in pairs), " ".join(str(b) for _, b in pairs),
+                             sum(a == b for a, b in pairs)])  # fmt: skip
+            self._predictions.add(self._trainer, rows)
+        self.test_acc(logits.transpose(1, 2), y)
+        right = (logits.argmax(-1) == y) | (y == IGNORE)
+        self.test_seq.update(right.all(dim=1).float().sum())
+        self.test_examples.update(torch.tensor(float(len(y))))
+        self.log("test/loss", self._loss(logits, y), sync_dist=True, batch_size=len(y))
+        self.log("test/acc", self.test_acc, batch_size=len(y))
+
+    def on_test_epoch_end(self) -> None:
+        if hasattr(self, "_predictions"):
+            self.prediction_info = {"path": self._predictions.write(self._trainer)}
+        n = self.test_examples.compute()
+        self.log("test/seq_acc", self.test_seq.compute() / n.clamp_min(1))
+        self.log("test/examples", n)
+        self.test_seq.reset()
+        self.test_examples.reset()
+
+
+@torch.no_grad()
+def evaluate_at_lengths(
+    net: nn.Module, datasets: dict[int, Any], batch_size: int = 256, metric: str = "test/acc"
+) -> dict[str, float]:
+    """Accuracy over target positions and the mean attention entropy (nats) per layer at each length.
+
+    ``datasets`` maps a length to a ``TensorDataset`` of ``(ids, targets)``. Returns
+    ``{metric}@{L}`` and ``test/entropy@{L}/l{layer}``: the entropy of the attention rows of the target
+    positions, averaged over heads and examples (kinds that form no weights, ``linear``, give none).
+    """
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    kind = net.encoder.blocks[0].attn.kind
+    out: dict[str, float] = {}
+    for length, data in sorted(datasets.items()):
+        ids_all, y_all = data.tensors
+        right = total = 0
+        entropy: list[float] = [0.0] * len(net.encoder.blocks)
+        for start in range(0, len(ids_all), batch_size):
+            ids = ids_all[start : start + batch_size].to(device)
+            y = y_all[start : start + batch_size].to(device)
+            logits, weights = net(ids, need_weights=kind != "linear")
+            asked = y != IGNORE
+            right += int(((logits.argmax(-1) == y) & asked).sum())
+            total += int(asked.sum())
+            for layer, w in enumerate(weights):
+                if w is not None:
+                    per_head = attention_stats(w, asked)["entropy"]
+                    entropy[layer] += float(per_head.mean()) * len(ids)
+        out[f"{metric}@{length}"] = right / max(1, total)
+        if kind != "linear":
+            for layer, value in enumerate(entropy):
+                out[f"test/entropy@{length}/l{layer}"] = value / len(ids_all)
+    net.train(was_training)
+    return out
