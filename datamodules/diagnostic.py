@@ -34,8 +34,13 @@ from .base import SplitDataModule
 IGNORE = -100
 
 
+def _key(row: Tensor) -> bytes:
+    """A sequence as a hashable key."""
+    return row.numpy().astype("int32").tobytes()
+
+
 def _rows(ids: Tensor) -> set[bytes]:
-    return {bytes(r.numpy().astype("int16").tobytes()) for r in ids}
+    return {_key(r) for r in ids}
 
 
 class SequenceTaskDataModule(SplitDataModule):
@@ -118,7 +123,7 @@ class SequenceTaskDataModule(SplitDataModule):
         g = self._generator(salt, length)
         ids, targets = self.generate(n, length, g)
         for _ in range(100):
-            clash = torch.tensor([bytes(r.numpy().astype("int16").tobytes()) in exclude for r in ids])
+            clash = torch.tensor([_key(r) in exclude for r in ids])
             if not clash.any():
                 break
             again_ids, again_targets = self.generate(int(clash.sum()), length, g)
