@@ -120,6 +120,20 @@ def train(
             conf, resume = prepare_resume(resume_dir, args, before_validate=prepare)
         else:
             conf = load(args, before_validate=prepare)
+            if "SLURM_RESTART_COUNT" in os.environ and cfg is None:
+                from .train import slurm_restart
+
+                restarted = slurm_restart(conf, before_validate=prepare)
+                if restarted is not None:
+                    conf, resume = restarted
+                    from .records import is_rank_zero
+
+                    if is_rank_zero():
+                        typer.echo(
+                            f"attn: SLURM restarted this job ({os.environ['SLURM_RESTART_COUNT']}x); resuming"
+                            f" {resume.run_dir} from step {resume.step}",
+                            err=True,
+                        )
         if cfg is None:
             check_devices(conf)
     except ConfigError as e:
@@ -137,12 +151,26 @@ def train(
     except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
         _fail(f"cannot write the run directory: {e}", 1, e, debug)
     from .records import is_rank_zero
+    from .train import job_to_requeue
 
     if record["status"] == "completed":
         if is_rank_zero():  # the other DDP ranks stay quiet
             _print_summary(record)
         return
+    if not is_rank_zero():  # rank 0 tells the user
+        raise typer.Exit(exit_code(record, exc))
     typer.echo(f"run dir: {record['run_dir']}", err=True)
+    job = job_to_requeue(exc)
+    if job is not None:  # printed first: the requeue ends this process with SIGTERM
+        typer.echo(f"error: {record['error']}", err=True)
+        typer.echo(f"attn: requeueing SLURM job {job}; it resumes from its checkpoint when it starts again",
+                   err=True)  # fmt: skip
+        from .slurm import requeue
+
+        failed = requeue(job)
+        if failed:
+            typer.echo(f"attn: could not requeue SLURM job {job}: {failed}", err=True)
+        raise typer.Exit(exit_code(record, exc))
     _fail(record["error"], exit_code(record, exc), exc, debug and record["status"] == "failed")
 
 
@@ -215,6 +243,8 @@ def _print_grid(manifest: dict, skipped: list[str]) -> None:
     grid = ", ".join(f"{k} ({len(v)})" for k, v in manifest["grid"].items())
     typer.echo(f"sweep {manifest['name']}: {len(manifest['trials'])} trials over {grid}")
     typer.echo(f"launcher {manifest['launcher']}, n_jobs {manifest['n_jobs']}")
+    if manifest.get("launcher_overrides"):
+        typer.echo(f"launcher settings: {' '.join(manifest['launcher_overrides'])}")
     for t in manifest["trials"]:
         typer.echo(f"  {t['id']}  {' '.join(t['overrides'])}")
     for s in skipped:

@@ -182,6 +182,7 @@ class RunRecord:
             "error": None,
         }
         self._t0 = time.perf_counter()
+        self.finished = False  # set once the final record is written
 
     def finish(self, status: str, error: str | None = None, exit_code: int | None = None) -> dict[str, Any]:
         """Set the final status, times and error line, write ``results.json``, return the record.
@@ -203,6 +204,7 @@ class RunRecord:
         )
         if self.write:
             write_json_atomic(self.run_dir / "results.json", self.data)
+        self.finished = True
         return self.data
 
 

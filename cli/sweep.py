@@ -82,16 +82,81 @@ def _sweep_string(value: Any) -> str:
 
 
 def split_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
-    """Separate sweep-level ``key=value`` settings (``sweep``, ``launcher``, ...) from trial overrides."""
+    """Separate sweep-level ``key=value`` settings (``sweep``, ``launcher``, ``hydra.launcher.<key>``, ...)
+    from trial overrides. A leading ``+`` on a launcher setting is dropped: they are all passed to Hydra
+    with ``++`` (add or replace), so keys inside the launcher's dicts need no ``+`` either."""
     settings: dict[str, str] = {}
     rest: list[str] = []
     for a in args:
         key, eq, value = a.partition("=")
-        if eq and key in SWEEP_KEYS:
-            settings[key] = value
+        if eq and (key in SWEEP_KEYS or key.lstrip("+").startswith(LAUNCHER_PREFIX)):
+            settings[key.lstrip("+")] = value
         else:
             rest.append(a)
     return settings, rest
+
+
+LAUNCHER_PREFIX = "hydra.launcher."
+# Launcher keys that attn sets itself from the sweep and its trials (n_jobs=, trainer.devices, ...).
+OWN_LAUNCHER_KEYS = {
+    "n_jobs": "n_jobs=<n>",
+    "nodes": "trainer.num_nodes",
+    "tasks_per_node": "trainer.devices",
+    "gpus_per_node": "trainer.devices with a GPU trainer",
+}
+
+
+def _launcher_schema(launcher: str) -> Any:
+    """The structured config of a launcher's ``hydra.launcher`` node (None for ``basic``)."""
+    if launcher == "basic":
+        return None
+    if launcher == "joblib":
+        from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+
+        return JobLibLauncherConf
+    from hydra_plugins.hydra_submitit_launcher import config
+
+    return config.LocalQueueConf if launcher == "submitit_local" else config.SlurmQueueConf
+
+
+def launcher_overrides(launcher: str, settings: dict[str, str]) -> list[str]:
+    """The ``hydra.launcher.<key>=<value>`` settings checked against the launcher's own keys and types:
+    ``ConfigError`` in one line naming the bad key and the valid ones, or the bad value."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    given = {k[len(LAUNCHER_PREFIX) :]: v for k, v in settings.items() if k.startswith(LAUNCHER_PREFIX)}
+    if not given:
+        return []
+    schema = _launcher_schema(launcher)
+    if schema is None:
+        raise ConfigError(
+            f"launcher=basic has no settings; {LAUNCHER_PREFIX}{next(iter(given))} needs launcher="
+            "joblib, submitit_local or slurm"
+        )
+    import dataclasses
+
+    valid = sorted(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+    for key in given:
+        top = key.split(".")[0]
+        if top in OWN_LAUNCHER_KEYS:
+            raise ConfigError(
+                f"{LAUNCHER_PREFIX}{key} is set by attn from {OWN_LAUNCHER_KEYS[top]}; give that instead"
+            )
+        if top not in valid:
+            raise ConfigError(
+                f"unknown launcher setting {LAUNCHER_PREFIX}{key} for launcher={launcher}; valid keys: "
+                + ", ".join(k for k in valid if k not in OWN_LAUNCHER_KEYS)
+            )
+    for key, value in given.items():  # the launcher's types: a bad value is named with its key
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist([f"{key}={value}"]))
+        except OmegaConfBaseException as e:
+            why = str(e).strip().splitlines()[0]
+            raise ConfigError(
+                f"{LAUNCHER_PREFIX}{key}={value} is invalid for launcher={launcher}: {why}"
+            ) from None
+    return [f"{LAUNCHER_PREFIX}{k}={v}" for k, v in given.items()]
 
 
 def expand(overrides: list[str]) -> tuple[dict[str, list[str]], list[list[str]]]:
@@ -154,6 +219,7 @@ def plan(
     n_jobs = _positive_int("n_jobs", settings.get("n_jobs", "2" if launcher == "joblib" else "1"))
     if launcher == "basic" and n_jobs != 1:
         raise ConfigError(f"n_jobs={n_jobs} needs a parallel launcher; use launcher=joblib n_jobs={n_jobs}")
+    hydra_settings = launcher_overrides(launcher, settings)
     name = settings.get("name") or preset["name"]
     grid_args = [f"{k}={v}" for k, v in preset["grid"].items()]
     grid, trials = expand([*preset.get("overrides", []), *grid_args, *rest])
@@ -197,6 +263,7 @@ def plan(
         "created": now_iso(),
         "launcher": launcher,
         "n_jobs": n_jobs,
+        "launcher_overrides": hydra_settings,
         "grid": grid,
         "skipped": skipped,
         "trials": entries,
@@ -376,6 +443,9 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
             if not resume:
                 _set_aside(run_dir, root, trial["attempts"] - 1)
             trial.update(status="running", started=now_iso(), error=None)
+            # How often SLURM restarted this job: the sweep reports a requeue when this grows.
+            if "SLURM_JOB_ID" in os.environ:
+                trial["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         manifest = {k: v for k, v in m.items() if k != "trials"}
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
@@ -390,22 +460,24 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
         if resume:  # continue the interrupted attempt from its checkpoint (e.g. a requeued SLURM job)
             cmd = [*cmd[:4], f"resume={run_dir}"]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            if rank == 0:  # where the sweep finds its live trials (to forward a SIGTERM to them)
-                with locked_manifest(root) as m:
-                    live = next(t for t in m["trials"] if int(t["id"]) == int(tid))
-                    live.update(pid=proc.pid, host=socket.gethostname())
-            proc.wait()
-        except KeyboardInterrupt:  # the terminal's Ctrl-C reached the trial too: let it save and stop
-            interrupted = True
+        with _preemption(proc) as after_preemption:
             try:
+                if rank == 0:  # where the sweep finds its live trials (to forward a SIGTERM to them)
+                    with locked_manifest(root) as m:
+                        live = next(t for t in m["trials"] if int(t["id"]) == int(tid))
+                        live.update(pid=proc.pid, host=socket.gethostname())
                 proc.wait()
-            except KeyboardInterrupt:  # a second Ctrl-C: the trial exits at once as well
-                proc.kill()
-                proc.wait()
+            except KeyboardInterrupt:  # the terminal's Ctrl-C reached the trial too: let it save and stop
+                interrupted = True
+                try:
+                    proc.wait()
+                except KeyboardInterrupt:  # a second Ctrl-C: the trial exits at once as well
+                    proc.kill()
+                    proc.wait()
     code = proc.returncode
     wall = time.perf_counter() - t0
     if rank != 0:
+        after_preemption()
         return "completed" if code == 0 else "failed"
     # results.json is the truth: a run that completed stays completed even if its process was
     # then stopped during teardown (e.g. by the Ctrl-C that also stops the sweep).
@@ -424,7 +496,21 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
         _print_progress(m, trial)
     if interrupted or code in (-signal.SIGINT, 130):
         raise KeyboardInterrupt
+    after_preemption()  # submitit's time-out signal: now that the trial has saved, submitit requeues the job
     return status
+
+
+@contextlib.contextmanager
+def _preemption(proc: subprocess.Popen) -> Iterator[Any]:
+    """Inside a SLURM job (submitit): the scheduler's warning signals go on to the trial (see
+    :func:`attn.cli.slurm.forward_preemption`); elsewhere nothing changes."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        from .slurm import forward_preemption
+
+        with forward_preemption(proc) as after:
+            yield after
+    else:
+        yield lambda: None
 
 
 def _print_progress(manifest: dict[str, Any], trial: dict[str, Any]) -> None:
@@ -487,6 +573,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
         m["session_started_unix"] = time.time()
         m["session_finished"] = 0
         launcher, n_jobs = m["launcher"], int(m["n_jobs"])
+        extra = list(m.get("launcher_overrides") or [])
         first = m["trials"][0]
         shape = {(t["devices"], t["num_nodes"], t["accelerator"]) for t in m["trials"]}
     if not todo:
@@ -509,6 +596,16 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
     ]
     if launcher == "joblib":
         argv.append(f"hydra.launcher.n_jobs={n_jobs}")
+    argv += [f"++{o}" for o in extra]  # ++: also keys inside the launcher's dicts (additional_parameters)
+    if launcher == "slurm":
+        from .slurm import queue_states, register_launcher
+
+        if queue_states() is None:
+            raise ConfigError(
+                "launcher=slurm: no SLURM cluster answers here (squeue failed); run attn sweep where sbatch"
+                " and squeue work, e.g. on the cluster's login node"
+            )
+        register_launcher()
     main = hydra.main(config_path=str(CONF_DIR), config_name="launch", version_base="1.3")(_launch_job)
     GlobalHydra.instance().clear()
     saved = sys.argv
@@ -567,9 +664,13 @@ def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:
 
 
 def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
-    """Apply ``launcher=`` / ``n_jobs=`` given with ``--resume``; anything else is an error."""
+    """Apply ``launcher=``, ``n_jobs=`` and ``hydra.launcher.<key>=`` given with ``--resume`` (earlier
+    launcher settings stay unless given again; another launcher drops them); anything else is an error."""
     settings, rest = split_args(args)
-    bad = rest + [f"{k}={v}" for k, v in settings.items() if k not in ("launcher", "n_jobs")]
+    allowed = ("launcher", "n_jobs")
+    bad = rest + [
+        f"{k}={v}" for k, v in settings.items() if k not in allowed and not k.startswith(LAUNCHER_PREFIX)
+    ]
     if bad:
         raise ConfigError(f"--resume keeps the sweep's grid; cannot apply {' '.join(bad)}")
     if not settings:
@@ -578,6 +679,11 @@ def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
         launcher = settings.get("launcher", m["launcher"])
         if launcher not in LAUNCHERS:
             raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
+        # The launcher settings of the first session stay unless given again (another launcher: dropped).
+        before = m.get("launcher_overrides") or []
+        kept = dict(o.split("=", 1) for o in before) if launcher == m["launcher"] else {}
+        merged = {**kept, **{k: v for k, v in settings.items() if k.startswith(LAUNCHER_PREFIX)}}
+        m["launcher_overrides"] = launcher_overrides(launcher, merged)
         m["launcher"] = launcher
         m["n_jobs"] = _positive_int("n_jobs", settings.get("n_jobs", str(m["n_jobs"])))
 

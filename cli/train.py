@@ -1,8 +1,11 @@
 """``attn train``: one Lightning fit + test of a composed config, recorded in its run directory.
 
 Interrupts: the first SIGINT or SIGTERM finishes the current batch, saves ``checkpoints/last.ckpt``
-and ends the run as ``interrupted`` (exit 130 / 143); a second one exits at once. ``attn train
-resume=<run dir>`` continues such a run from its last checkpoint, in the same directory and W&B run.
+and ends the run as ``interrupted`` (exit 130 / 143); a second one exits at once. SIGUSR1 and SIGUSR2
+(a scheduler's warning before a time limit or preemption) do the same and, in a SLURM job, requeue it
+(submitit's trials: submitit requeues on USR2); repeats of them are ignored. ``attn train
+resume=<run dir>`` continues such a run from its last checkpoint, in the same directory and W&B run; a
+SLURM job that SLURM restarts (``SLURM_RESTART_COUNT`` > 0) does so by itself.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from .threads import plan as plan_threads
 
 # Overrides that may change when a run is resumed; anything else would change the experiment.
 RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "logger.mode", "threads")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # save after this batch; the second one exits at once
+WARNING_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # a scheduler's warning: save after this batch, requeue
 
 
 class RunInterrupted(Exception):
@@ -184,7 +189,7 @@ def _signal_stop_callback(record: RunRecord):
             self.previous: dict[int, Any] = {}
 
         def install(self) -> None:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (*STOP_SIGNALS, *WARNING_SIGNALS):
                 self.previous.setdefault(sig, signal.getsignal(sig))
                 signal.signal(sig, self._handle)
 
@@ -194,16 +199,24 @@ def _signal_stop_callback(record: RunRecord):
             self.previous = {}
 
         def _handle(self, signum: int, _frame: Any) -> None:
-            if self.signum is not None:  # the second signal: exit at once
+            if record.finished:  # the record is written: nothing is left to save
+                os._exit(128 + signum)
+            if signum in WARNING_SIGNALS and self.signum is not None:
+                return  # a repeated warning (SLURM signals every process of the job, submitit forwards it)
+            if signum in STOP_SIGNALS and self.signum in STOP_SIGNALS:  # the second stop: exit at once
                 name = signal.Signals(signum).name
                 record.finish("interrupted", f"{name} twice: exited at once", 128 + signum)
                 os._exit(128 + signum)
+            first = self.signum is None
             self.signum = signum
             name = signal.Signals(signum).name
-            print(
-                f"\nattn: {name} received; stopping after this batch ({name} again exits at once)",
-                file=sys.stderr,
-            )
+            if first and is_rank_zero():  # one line per job, not one per DDP rank
+                again = "SIGINT or SIGTERM" if signum in WARNING_SIGNALS else name
+                print(
+                    f"\nattn: {name} received; stopping after this batch ({again} again exits at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         # Lightning registers its own SIGTERM handler when a stage starts; ours replaces it there.
         def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -314,6 +327,9 @@ def fit_and_test(
     record.data["config_sha1"] = config_digest(container, RESUMABLE_KEYS)
     dm.save(str(run_dir))
     history = metric_history(run_dir, resume.step) if resume and record.write else []
+    if resume is not None:  # the directory is meant to be there: its metric rows are kept (keep_history)
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     flat = {**flatten(container), **flatten({"provenance": record.data.get("provenance") or {}})}
     loggers = _build_loggers(cfg, run_dir, flat, resume.wandb_id if resume else None)
     for logger in loggers:
@@ -338,12 +354,17 @@ def fit_and_test(
         from attn.models.diagnostics import AttentionDiagnostics
 
         callbacks.append(AttentionDiagnostics(cfg.diagnostics.batches, cfg.diagnostics.images))
+    plugins: list = [AtomicCheckpointIO()]
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():  # attn saves and requeues on USR1 itself: no hpc_ckpt_*.ckpt files
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer),
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=plugins,
     )
     record.data["device"] = _device_info(trainer)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
@@ -463,6 +484,9 @@ def _run_locked(
             stopper.restore()
         _restore_env(previous)
     _finish_wandb(0)
+    if rank0:  # Lightning's SLURM auto-requeue of earlier versions saved these; the run no longer needs them
+        for stale in run_dir.glob("hpc_ckpt_*.ckpt"):
+            stale.unlink(missing_ok=True)
     return record.finish("completed"), None
 
 
@@ -529,6 +553,51 @@ def prepare_resume(
     if before_validate is not None:
         before_validate(cfg)
     return validate(cfg), Resume(root, checkpoint, wandb_id, step)
+
+
+def slurm_restart(
+    cfg: DictConfig, before_validate: Callable[[DictConfig], object] | None = None
+) -> tuple[DictConfig, Resume] | None:
+    """In a job that SLURM restarted (``SLURM_RESTART_COUNT`` > 0: ``scontrol requeue``, preemption, a
+    node failure): the run its first start began, to be resumed as ``resume=`` would, when that run
+    saved a checkpoint and did not complete; else None. ``ConfigError`` when the job's command line no
+    longer describes the saved experiment. (A sweep's trials are resumed by ``attn sweep`` itself.)"""
+    from .slurm import restart_count
+
+    if restart_count() < 1 or os.environ.get(RUN_DIR_ENV):
+        return None
+    root = resolve_run_dir(cfg.runs_root, cfg.name)
+    if not (root / "checkpoints" / "last.ckpt").exists() or not (root / "config.yaml").exists():
+        return None
+    try:
+        if read_record(root / "results.json")["status"] == "completed":
+            return None
+    except ValueError:
+        pass  # killed before its record: the checkpoint decides
+    saved, resume = prepare_resume(str(root), [], before_validate)
+    from .checkpoints import config_changes
+
+    changes = config_changes(
+        OmegaConf.to_container(saved, resolve=True), OmegaConf.to_container(cfg, resolve=True), RESUMABLE_KEYS
+    )
+    if changes:
+        raise ConfigError(
+            f"SLURM restarted this job, but its command line no longer gives the experiment in {root}:"
+            f" {', '.join(changes)}; resume it with attn train resume={root} or start a new job"
+        )
+    return saved, resume
+
+
+def job_to_requeue(exc: BaseException | None) -> str | None:
+    """The SLURM job to requeue after a run that a scheduler's warning signal stopped (and that saved its
+    state): this job, on rank 0, unless the signal was submitit's own (submitit requeues then)."""
+    from .slurm import job_id, submitit_signal
+
+    if not (isinstance(exc, RunInterrupted) and exc.signum in WARNING_SIGNALS and exc.saved):
+        return None
+    if not is_rank_zero() or exc.signum == submitit_signal():
+        return None
+    return job_id()
 
 
 def _check_trained_config(root: Path, checkpoint: Path, saved: dict[str, Any]) -> int | None:

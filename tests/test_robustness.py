@@ -74,7 +74,11 @@ def uninterrupted(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    # SIGUSR1/SIGUSR2: a scheduler's warning before a time limit (sbatch --signal, submitit's USR2)
+    "sig, code",
+    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138), (signal.SIGUSR2, 140)],
+)
 def test_signal_saves_stops_and_resume_matches_uninterrupted(tmp_path, uninterrupted, sig, code):
     run_dir = tmp_path / "run"
     proc = start(run_dir)

@@ -258,7 +258,7 @@ def test_slurm_launcher_config_follows_the_trainer():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("launch", overrides=[*overrides, "hydra/launcher=slurm"], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["_target_"] == "hydra_plugins.attn.AttnSlurmLauncher"  # attn.cli.slurm registers it
     resolved = {k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in ("nodes", "tasks_per_node")}
     assert resolved == {"nodes": 2, "tasks_per_node": 4}
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
