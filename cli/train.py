@@ -226,7 +226,12 @@ def _signal_stop_callback(record: RunRecord):
             self.install()
 
         def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-            if self.signum is not None:
+            stop = self.signum is not None
+            if trainer.world_size > 1:  # every rank stops after the same batch, whichever got the signal
+                stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            if stop:
+                if self.signum is None:  # another rank was signalled
+                    self.signum = signal.SIGTERM
                 self.stop(trainer, save=True)
 
         # A signal during validation inside fit waits for the next training batch, so that the

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +165,32 @@ def test_slurm_tasks_started_like_srun_share_one_run_dir(tmp_path):
     # Two SLURM tasks without CPU counts in the environment: each takes its half of the CPUs.
     assert record["threads"]["limits"]["slurm"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert [p.name for p in tmp_path.rglob("results.json")] == ["results.json"]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_ddp_rank_stops_every_rank_after_the_same_batch(tmp_path):
+    """SIGUSR1 reaches rank 0 only: the ranks agree to stop after one batch (no rank waits forever in the
+    next all-reduce), the checkpoint is saved, and the resumed run completes."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "ATTN_RUN_DIR": str(tmp_path / "run")}
+    args = [*SMALL, "trainer=ddp_cpu", "trainer.max_epochs=30", "task.datamodule.n_train=2048"]
+    proc = subprocess.Popen([ATTN, "train", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not list((tmp_path / "run" / "checkpoints").glob("best-*.ckpt")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)
+    try:
+        out, _ = proc.communicate(timeout=120)  # a rank left waiting in an all-reduce would hang here
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # both ranks
+        pytest.fail("the ranks did not stop together: one waits in a collective")
+    assert proc.returncode == 138, out[-3000:]
+    assert out.count("SIGUSR1 received") == 1
+    record = read_record(tmp_path / "run" / "results.json")
+    assert record["status"] == "interrupted" and "interrupted by SIGUSR1 at step" in record["error"]
+    env.pop("ATTN_RUN_DIR")
+    resumed = _run([f"resume={tmp_path / 'run'}"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = read_record(tmp_path / "run" / "results.json")
+    assert final["status"] == "completed" and final["metrics"]["train/epochs"] == 30
