@@ -73,13 +73,35 @@ def queue_states() -> dict[str, str] | None:
 
 def final_state(job_id: str) -> str:
     """The state ``sacct`` gives a job that has left the queue (``CANCELLED``, ``COMPLETED``, ...);
-    ``GONE`` when the accounting has no record of it (a pending array task cancelled, no slurmdbd)."""
-    out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", job_id])
-    for line in (out or "").splitlines():
+    ``GONE`` when the accounting has no record of it. An array task cancelled while still pending has no
+    record of its own: it is found in its array's remainder record (``12_[2-5%4]``)."""
+    array, _, task = job_id.partition("_")
+    out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array if task else job_id]) or ""
+    remainder = None
+    for line in out.splitlines():
         job, _, state = line.partition("|")
-        if job == job_id and state.strip():
+        if not state.strip():
+            continue
+        if job == job_id:
             return state.split()[0]
-    return "GONE"
+        if task and job.startswith(f"{array}_[") and _in_array_spec(task, job[len(array) + 2 : -1]):
+            remainder = state.split()[0]
+    return remainder or "GONE"
+
+
+def _in_array_spec(task: str, spec: str) -> bool:
+    """Whether array task ``task`` is in a SLURM array spec such as ``0-7%2``, ``1,3-5`` or ``0-9:3``."""
+    try:
+        n = int(task)
+        for part in spec.split("%")[0].split(","):
+            bounds, _, step = part.partition(":")
+            lo, _, hi = bounds.partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first <= n <= last and (n - first) % int(step or 1) == 0:
+                return True
+    except ValueError:
+        return False
+    return False
 
 
 def _poll_seconds() -> float:
@@ -226,7 +248,7 @@ class AttnSlurmLauncher(SlurmLauncher):
                     stopped = state in ("CANCELLED", "TIMEOUT", "PREEMPTED")
                     trial["status"] = "interrupted" if stopped else "failed"
                     trial["error"] = f"SLURM job {job} ended {state} while the trial ran, before its record"
-                else:  # pending or requeued: the job never (re)started the trial
+                else:  # pending: the job never started the trial
                     trial["status"] = "cancelled"
                     trial["error"] = f"SLURM job {job} ended {state} before the trial started"
             status, error = trial["status"], trial.get("error")

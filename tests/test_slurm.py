@@ -177,6 +177,16 @@ def test_a_job_that_vanishes_ends_its_trial_and_a_requeued_one_is_waited_for(tmp
     assert trials[1]["error"].startswith("SLURM job 7_1 ended CANCELLED while the trial ran")
 
 
+def test_final_state_finds_a_pending_array_task_in_its_arrays_remainder(monkeypatch):
+    # What sacct printed here for an array whose task 2 was cancelled while pending: no record of its own.
+    monkeypatch.setattr(
+        slurm, "_run", lambda cmd: "63_[0-2%3]|CANCELLED by 0\n63_0|COMPLETED\n63_1|COMPLETED\n"
+    )
+    assert [slurm.final_state(j) for j in ("63_0", "63_2", "63_7")] == ["COMPLETED", "CANCELLED", "GONE"]
+    monkeypatch.setattr(slurm, "_run", lambda cmd: "70_[1,4-9:2]|CANCELLED by 0\n")
+    assert [slurm.final_state(f"70_{t}") for t in (1, 6, 5)] == ["CANCELLED", "CANCELLED", "GONE"]
+
+
 def test_resume_adopts_live_jobs_instead_of_submitting_them_again(tmp_path, monkeypatch):
     root = _sweep(tmp_path, 2)
     _set(root, 0, slurm_job="7_0", status="completed")  # still running on the cluster, to be adopted
@@ -253,8 +263,7 @@ def cluster() -> None:
         pytest.skip("no SLURM cluster answers (tests/slurm_cluster.sh start starts a local one)")
 
 
-on_cluster = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("cluster")]
-# Trials long enough to be signalled in the middle of training (an epoch takes about a second here).
+# Trials long enough to be signalled in the middle of training (40 epochs: 20-40 s on 2 cores).
 SIGNALLED = [
     "model=small",
     "logger=csv",
