@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,9 +73,13 @@ def queue_states() -> dict[str, str] | None:
 
 
 def final_state(job_id: str) -> str:
-    """The state ``sacct`` gives a job that has left the queue (``CANCELLED``, ``COMPLETED``, ...);
-    ``GONE`` when the accounting has no record of it. An array task cancelled while still pending has no
+    """The state of a job that has left the queue (``CANCELLED``, ``COMPLETED``, ...): from the controller
+    while it still knows the job (``scontrol``; the accounting may lag by seconds), else from ``sacct``;
+    ``GONE`` when neither has a record. An array task cancelled while still pending may have no accounting
     record of its own: it is found in its array's remainder record (``12_[2-5%4]``)."""
+    shown = re.search(r"\bJobState=(\w+)", _run(["scontrol", "show", "job", "-o", job_id]) or "")
+    if shown:
+        return shown.group(1)
     array, _, task = job_id.partition("_")
     out = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array if task else job_id]) or ""
     remainder = None

@@ -178,13 +178,17 @@ def test_a_job_that_vanishes_ends_its_trial_and_a_requeued_one_is_waited_for(tmp
 
 
 def test_final_state_finds_a_pending_array_task_in_its_arrays_remainder(monkeypatch):
-    # What sacct printed here for an array whose task 2 was cancelled while pending: no record of its own.
-    monkeypatch.setattr(
-        slurm, "_run", lambda cmd: "63_[0-2%3]|CANCELLED by 0\n63_0|COMPLETED\n63_1|COMPLETED\n"
-    )
+    # What sacct printed here for an array whose task 2 was cancelled while pending: no record of its own
+    # (and the controller had forgotten the jobs: scontrol answers nothing).
+    sacct = "63_[0-2%3]|CANCELLED by 0\n63_0|COMPLETED\n63_1|COMPLETED\n"
+    monkeypatch.setattr(slurm, "_run", lambda cmd: sacct if cmd[0] == "sacct" else None)
     assert [slurm.final_state(j) for j in ("63_0", "63_2", "63_7")] == ["COMPLETED", "CANCELLED", "GONE"]
-    monkeypatch.setattr(slurm, "_run", lambda cmd: "70_[1,4-9:2]|CANCELLED by 0\n")
+    sacct = "70_[1,4-9:2]|CANCELLED by 0\n"
     assert [slurm.final_state(f"70_{t}") for t in (1, 6, 5)] == ["CANCELLED", "CANCELLED", "GONE"]
+    # The controller still knows the job (seconds after the cancel, before sacct has a record): it decides.
+    shown = "JobId=74 ArrayJobId=74 ArrayTaskId=2 JobName=sweep JobState=CANCELLED Reason=None"
+    monkeypatch.setattr(slurm, "_run", lambda cmd: shown if cmd[0] == "scontrol" else "")
+    assert slurm.final_state("74_2") == "CANCELLED"
 
 
 def test_resume_adopts_live_jobs_instead_of_submitting_them_again(tmp_path, monkeypatch):
