@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from attn.cli.schema import cpu_name
+from attn.runner.machine import cpu_name
 
 ATTN = shutil.which("attn") or str(Path(sys.executable).parent / "attn")
 COMMON = ["logger=none", "baseline=false", "diagnostics.enabled=false", "trainer.enable_progress_bar=false"]

@@ -1,6 +1,7 @@
-"""The ``attn`` command: ``train``, ``sweep``, ``report``.
+"""The ``attn`` command: ``train``, ``sweep``, ``report``, ``bench``.
 
-Only Typer is imported here; Hydra, torch, Lightning and W&B load inside the commands, so
+Each command parses its arguments, calls the engine (:mod:`attn.runner`) and prints. Only Typer and
+the engine's paths are imported here; Hydra, torch, Lightning and W&B load inside the commands, so
 ``attn --help`` answers at once.
 """
 
@@ -10,10 +11,16 @@ import os
 import sys
 import traceback
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from attn.runner.errors import ConfigError, RunDirBusy
+from attn.runner.machine import is_rank_zero, requeue
+from attn.runner.paths import CONF_DIR, GROUPS, group_options
+from attn.runner.records import DirLock, read_manifest
+
+from .show import print_grid, print_report, print_summary
 
 app = typer.Typer(
     help="Experiment runner for attention mechanisms and the softmax.",
@@ -22,18 +29,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-CONF = Path(__file__).resolve().parent.parent / "conf"  # the config tree (read, not imported, here)
-GROUPS = ("task", "model", "attention", "softmax", "precision", "optim", "trainer", "logger",
-          "experiment", "debug")  # fmt: skip
-
 
 def _options(group: str) -> str:
-    return ", ".join(sorted(p.stem for p in (CONF / group).glob("*.yaml"))) or "-"
+    return ", ".join(group_options(group)) or "-"
 
 
 def _groups_epilog() -> str:
     """The config groups and their options, read from the config tree (one paragraph each)."""
-    lines = [f"Config groups and their options (from {CONF}); pick one with group=option:"]
+    lines = [f"Config groups and their options (from {CONF_DIR}); pick one with group=option:"]
     lines += [f"{g}: {_options(g)}" for g in GROUPS]
     lines.append(
         "Any key: key=value (e.g. trainer.max_epochs=3); a key the config lacks: +key=value; the whole"
@@ -66,31 +69,6 @@ def _fail(message: str, code: int, exc: BaseException | None = None, debug: bool
     raise typer.Exit(code)
 
 
-def _metric_text(key: str, value: object) -> str:
-    from .report import is_counter  # counters print as integers
-
-    if isinstance(value, float) and is_counter(key) and value.is_integer():
-        return str(int(value))
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _print_summary(record: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"attn train: {record['status']}", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in sorted(record["metrics"].items()):
-        table.add_row(key, _metric_text(key, value))
-    console = Console(stderr=False)
-    console.print(table)
-    # Paths are never wrapped or marked up, so that they can be copied from the terminal.
-    console.print(
-        f"run dir: {record['run_dir']}  ({record['duration_s']:.1f} s)", soft_wrap=True, markup=False
-    )
-
-
 @app.command(context_settings={"ignore_unknown_options": True}, epilog=_groups_epilog())
 def train(
     overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
@@ -98,86 +76,57 @@ def train(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Train and test one configuration; writes a run directory with results.json."""
-    from omegaconf import OmegaConf
-
-    from . import threads
-    from .config import load
-    from .schema import ConfigError, check_devices
-
-    args = list(overrides or [])
-    resume_dir = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    args = [a for a in args if not a.startswith("resume=")]
-    resume = None
-    plans: list = []  # the thread plan, decided before validation imports torch
-
-    def prepare(c) -> None:
-        plans.append(threads.prepare(c))
+    from attn.runner.resume import prepare  # Hydra and the config schemas: not for --help
 
     try:
-        if resume_dir is not None:
-            from .train import prepare_resume
-
-            conf, resume = prepare_resume(resume_dir, args, before_validate=prepare)
-        else:
-            conf = load(args, before_validate=prepare)
-            if "SLURM_RESTART_COUNT" in os.environ and cfg is None:
-                from .train import slurm_restart
-
-                restarted = slurm_restart(conf, before_validate=prepare)
-                if restarted is not None:
-                    conf, resume = restarted
-                    from .records import is_rank_zero
-
-                    if is_rank_zero():
-                        typer.echo(
-                            f"attn: SLURM restarted this job ({os.environ['SLURM_RESTART_COUNT']}x); resuming"
-                            f" {resume.run_dir} from step {resume.step}",
-                            err=True,
-                        )
-        if cfg is None:
-            check_devices(conf)
+        prepared = prepare(list(overrides or []), print_only=cfg is not None)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
     if cfg is not None:
-        typer.echo(OmegaConf.to_yaml(conf), nl=False)
+        from omegaconf import OmegaConf
+
+        typer.echo(OmegaConf.to_yaml(prepared.config), nl=False)
         return
-    from .records import RunDirBusy
-    from .train import exit_code, run
+    resume = prepared.resume
+    if prepared.slurm_restarted and resume is not None and is_rank_zero():
+        times = os.environ["SLURM_RESTART_COUNT"]
+        typer.echo(
+            f"attn: SLURM restarted this job ({times}x); resuming {resume.run_dir} from step {resume.step}",
+            err=True,
+        )
+    from attn.runner.run import run  # torch loads here, after the thread settings are in place
+    from attn.runner.signals import exit_code, job_to_requeue
 
     try:
-        record, exc = run(conf, resume, plans[-1] if plans else None)
+        record, exc = run(prepared.config, resume, prepared.threads)
     except RunDirBusy as e:  # another live run or resume owns the run directory
         _fail(str(e), 1, e, debug)
     except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
         _fail(f"cannot write the run directory: {e}", 1, e, debug)
-    from .records import is_rank_zero
-    from .train import job_to_requeue
-
-    if record["status"] == "completed":
+    code = exit_code(record.status, exc)
+    if record.status == "completed":
         if is_rank_zero():  # the other DDP ranks stay quiet
-            _print_summary(record)
+            print_summary(record)
         return
     if not is_rank_zero():  # rank 0 tells the user
-        raise typer.Exit(exit_code(record, exc))
-    typer.echo(f"run dir: {record['run_dir']}", err=True)
+        raise typer.Exit(code)
+    typer.echo(f"run dir: {record.run_dir}", err=True)
     job = job_to_requeue(exc)
     if job is not None:  # printed first: the requeue ends this process with SIGTERM
-        typer.echo(f"error: {record['error']}", err=True)
+        typer.echo(f"error: {record.error}", err=True)
         typer.echo(f"attn: requeueing SLURM job {job}; it resumes from its checkpoint when it starts again",
                    err=True)  # fmt: skip
-        from .slurm import requeue
-
         failed = requeue(job)
         if failed:
             typer.echo(f"attn: could not requeue SLURM job {job}: {failed}", err=True)
-        raise typer.Exit(exit_code(record, exc))
-    _fail(record["error"], exit_code(record, exc), exc, debug and record["status"] == "failed")
+        raise typer.Exit(code)
+    _fail(record.error or record.status, code, exc, debug and record.status == "failed")
 
 
 SWEEP_HELP = (
     "Sweep settings and trial overrides in Hydra's sweep syntax, e.g. sweep=temperature, "
     "attention=scaled_dot,additive softmax.temperature=0.5,1,2 seed=range(3), launcher=joblib n_jobs=2. "
-    f"Presets (sweep=, from {CONF / 'sweep'}): {_options('sweep')}. "
+    f"Presets (sweep=, from {CONF_DIR / 'sweep'}): {_options('sweep')}. "
     "Launchers: basic (default, one after another), joblib, submitit_local, slurm."
 )
 
@@ -198,9 +147,7 @@ def sweep(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Run a grid of `attn train` trials, each in its own process and run directory; resumable."""
-    from .records import DirLock, RunDirBusy
-    from .schema import ConfigError
-    from .sweep import SWEEP_LOCK, launch, plan, read_manifest, resume_settings, start, stopped, summary
+    from attn.runner.sweep import SWEEP_LOCK, launch, plan, resume_settings, start, stopped, summary
 
     lock: DirLock | None = None
     try:
@@ -213,7 +160,7 @@ def sweep(
         else:
             if dry_run:
                 manifest, skipped = plan(list(args or []), out, skip_invalid)
-                _print_grid(manifest, skipped)
+                print_grid(manifest, skipped)
                 return
             root = start(list(args or []), out, skip_invalid)
             lock = DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
@@ -235,20 +182,8 @@ def sweep(
         _fail(f"sweep stopped by {signal_name}; finish it with: attn sweep --resume {root}", 143)
     if failed:
         for t in failed:
-            typer.echo(f"  {t['id']} {t['status']}: {' '.join(t['overrides'])}: {t['error']}", err=True)
+            typer.echo(f"  {t.id} {t.status}: {' '.join(t.overrides)}: {t.error}", err=True)
         _fail(f"{len(failed)} trial(s) not completed; re-run them with: attn sweep --resume {root}", 1)
-
-
-def _print_grid(manifest: dict, skipped: list[str]) -> None:
-    grid = ", ".join(f"{k} ({len(v)})" for k, v in manifest["grid"].items())
-    typer.echo(f"sweep {manifest['name']}: {len(manifest['trials'])} trials over {grid}")
-    typer.echo(f"launcher {manifest['launcher']}, n_jobs {manifest['n_jobs']}")
-    if manifest.get("launcher_overrides"):
-        typer.echo(f"launcher settings: {' '.join(manifest['launcher_overrides'])}")
-    for t in manifest["trials"]:
-        typer.echo(f"  {t['id']}  {' '.join(t['overrides'])}")
-    for s in skipped:
-        typer.echo(f"  skipped  {s}")
 
 
 @app.command()
@@ -286,8 +221,8 @@ def report(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Summarise runs: per task, mean ± std and 95% CI over seeds per configuration, best marked."""
-    from .report import build, collect, collect_wandb
-    from .schema import ConfigError
+    from attn.runner.collect import collect, collect_wandb
+    from attn.runner.report import build  # matplotlib, torch (heatmaps): not for --help
 
     try:
         if wandb_path:
@@ -308,36 +243,8 @@ def report(
         _fail(str(e), 2, e, debug)
     except OSError as e:  # an unwritable or full output directory
         _fail(f"cannot write the report: {e}", 1, e, debug)
-    _print_report(rep, tuple(g.strip() for g in group_by.split(",") if g.strip()))
+    print_report(rep, tuple(g.strip() for g in group_by.split(",") if g.strip()))
     typer.echo(f"report: {target}")
-
-
-def _print_report(rep, group_by: tuple[str, ...]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from .report import mixed_origins, split_metrics, table_rows, task_lines
-
-    console = Console()
-    for split, groups in rep.groups.items():
-        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
-        rows = table_rows(groups, group_by, split_metrics(groups)[:1], own)
-        table = Table(title=f"task: {split}")
-        for h in rows[0]:
-            table.add_column(h)
-        for g, cells in zip(groups, rows[1:], strict=True):
-            table.add_row(*cells, style="bold green" if g.best else ("green" if g.tied else None))
-        console.print(table)
-        for line in task_lines(rep, split):
-            console.print(line, markup=False, style="bold" if line.startswith("Verdict") else None)
-    for warning in mixed_origins(rep.groups):
-        console.print(warning, markup=False, style="bold yellow", soft_wrap=True)
-    counts: dict[str, int] = {}
-    for r in rep.runs:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    console.print(f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    for r in rep.problems:
-        console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False, soft_wrap=True)
 
 
 @app.command(context_settings={"ignore_unknown_options": True}, epilog=_groups_epilog())
@@ -353,11 +260,7 @@ def bench(
     """Measure matmul peak, training throughput and MFU, and Lightning's overhead over a plain loop."""
     import json
 
-    from . import threads
-    from .bench import bench as run_bench
-    from .bench import check, table
-    from .config import load
-    from .schema import ConfigError, check_devices
+    from attn.runner.resume import prepare
 
     try:
         if steps < 1 or warmup < 0 or matmul_n < 1 or rounds < 1:
@@ -365,12 +268,19 @@ def bench(
                 f"--steps={steps}, --warmup={warmup}, --matmul-n={matmul_n}, --rounds={rounds}:"
                 " need >= 1, >= 0, >= 1, >= 1"
             )
-        plans: list = []  # the thread plan, decided before validation imports torch
-        conf = load(list(overrides or []), before_validate=lambda c: plans.append(threads.prepare(c)))
-        check_devices(conf)
+        args = list(overrides or [])
+        if any(a.startswith("resume=") for a in args):
+            raise ConfigError("attn bench measures a new run; resume= applies to attn train only")
+        prepared = prepare(
+            args, follow_restarts=False
+        )  # the thread plan is decided before validation imports torch
+        from attn.runner.bench import bench as run_bench
+        from attn.runner.bench import check, table
+
         result = run_bench(
-            conf, steps=steps, warmup=warmup, matmul_n=matmul_n, rounds=rounds, threads=plans[-1]
-        )
+            prepared.config, steps=steps, warmup=warmup, matmul_n=matmul_n, rounds=rounds,
+            threads=prepared.threads,
+        )  # fmt: skip
         check(result)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)

@@ -12,10 +12,13 @@ import math
 import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .files import atomic_write
 
 KINDS = ("logmel", "mfcc")
 
@@ -146,11 +149,15 @@ def read_wav(source: str | Path | bytes) -> tuple[np.ndarray, int]:
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write mono float samples in [-1, 1] as 16-bit PCM."""
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
+
+    def write(f: BinaryIO) -> None:
+        with wave.open(f, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sample_rate)
+            w.writeframes(pcm.tobytes())
+
+    atomic_write(path, write)
 
 
 def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:

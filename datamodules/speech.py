@@ -32,6 +32,7 @@ from torch.utils.data import TensorDataset
 
 from .base import SplitDataModule
 from .features import FeatureConfig, compute_features, fit_clip, read_wav, resample
+from .files import atomic_write, write_json_atomic
 from .hub import label_names, load_split
 from .keywords import (
     ACCENTS,
@@ -226,7 +227,7 @@ class SpeechDataModule(SplitDataModule):
     def save(self, run_dir: str) -> None:
         """Write the classes, the feature config and (synth) the voices of each split."""
         info = {"classes": self.classes, "features": self.features.as_dict(), "voices": self.voices}
-        Path(run_dir, "speech.json").write_text(json.dumps(info, indent=1))
+        write_json_atomic(Path(run_dir, "speech.json"), info, indent=1)
 
     # -- building the splits -------------------------------------------------------------------------
 
@@ -263,9 +264,8 @@ class SpeechDataModule(SplitDataModule):
         else:
             data = self._compute()
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(data, tmp)
-            os.replace(tmp, path)  # atomic: DDP ranks computing at once all end with one good file
+            # atomic: DDP ranks computing at once all end with one good file
+            atomic_write(path, lambda f: torch.save(data, f))
         self.classes, self.voices = list(data["classes"]), dict(data["voices"])
         self.datasets = {s: TensorDataset(data["x"][s], data["y"][s]) for s in SPLITS}
 

@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .files import write_json_atomic
+
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"\w+|[^\w\s]")
 _TAG = re.compile(r"<[^>]{0,20}>")  # markup such as IMDB's <br />
@@ -63,8 +65,7 @@ class Vocabulary:
 
     def save(self, path: str) -> None:
         """Write the vocabulary as JSON."""
-        with open(path, "w") as f:
-            json.dump({"tokens": self.tokens}, f)
+        write_json_atomic(path, {"tokens": self.tokens}, indent=None)
 
     @classmethod
     def load(cls, path: str) -> Vocabulary:

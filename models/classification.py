@@ -15,7 +15,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from .training import AttnModule, PredictionWriter
+from .training import AttnModule, PredictionTable
 from .transformer import TextClassifier
 
 
@@ -80,10 +80,10 @@ class ClassificationModule(AttnModule):
         names = getattr(dm, "label_names", None) or getattr(dm, "classes", None)
         n = self.test_metrics["acc"].num_classes
         self._names = [str(c) for c in names] if names and len(names) == n else [str(i) for i in range(n)]
-        self._predictions = PredictionWriter(["label", "predicted", *[f"p_{c}" for c in self._names]])
+        self._predictions = PredictionTable(["label", "predicted", *[f"p_{c}" for c in self._names]])
 
     def on_test_epoch_end(self) -> None:
-        self.prediction_info = {"path": self._predictions.write(self._trainer)}
+        self.prediction_info = self._gather_predictions()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         ids, y = batch

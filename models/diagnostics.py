@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from .classification import ClassificationModule
+
 
 def attention_stats(weights: Tensor, query_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Mean entropy (nats) and mean max weight per head of ``weights: [B, H, Lq, Lk]``.
@@ -93,8 +95,6 @@ class AttentionDiagnostics(L.Callback):
 def attention_maps(checkpoint: str, token_ids: list[int]) -> list[Tensor]:
     """Head-mean attention weights ``[L, L]`` per layer, plus the pooling weights ``[1, L]``, of a
     :class:`~attn.models.classification.ClassificationModule` checkpoint for one input."""
-    from .classification import ClassificationModule
-
     module = ClassificationModule.load_from_checkpoint(checkpoint, map_location="cpu")
     module.eval()
     ids = torch.tensor([token_ids])

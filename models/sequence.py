@@ -13,7 +13,7 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .diagnostics import attention_stats
-from .training import AttnModule, PredictionWriter
+from .training import AttnModule, PredictionTable
 from .transformer import Encoder
 
 IGNORE = -100
@@ -89,7 +89,7 @@ class SequenceModule(AttnModule):
         self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(y))
 
     def on_test_epoch_start(self) -> None:
-        self._predictions = PredictionWriter(["targets", "predicted", "correct"])
+        self._predictions = PredictionTable(["targets", "predicted", "correct"])
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         ids, y = batch
@@ -110,7 +110,7 @@ class SequenceModule(AttnModule):
 
     def on_test_epoch_end(self) -> None:
         if hasattr(self, "_predictions"):
-            self.prediction_info = {"path": self._predictions.write(self._trainer)}
+            self.prediction_info = self._gather_predictions()
         n = self.test_examples.compute()
         self.log("test/seq_acc", self.test_seq.compute() / n.clamp_min(1))
         self.log("test/examples", n)

@@ -51,6 +51,12 @@ class AttnModule(L.LightningModule):
             where = f"at step {self.global_step} (epoch {self.current_epoch})"
             raise TrainingDiverged(f"non-finite loss ({loss.item()}) {where}; {HINT}")
 
+    def _gather_predictions(self) -> dict[str, Any]:
+        """Gather the test predictions (every rank calls this) into ``self.prediction_text`` on rank 0;
+        returns ``{"path": <file relative to the run directory>}`` there (``None`` elsewhere)."""
+        self.prediction_text = self._predictions.gather(self._trainer)
+        return {"path": PredictionTable.PATH if self.prediction_text is not None else None}
+
     def _logging_step(self) -> bool:
         """Per-step extras are logged only on the steps the loggers write (``self.log`` costs ~0.7 ms)."""
         trainer = self._trainer
@@ -176,16 +182,16 @@ class SampleEfficiency(L.Callback):
         self.history = [tuple(h) for h in state_dict.get("history", [])]
 
 
-class PredictionWriter:
-    """Collects per-example test predictions on every rank and writes them, in example order, to
-    ``<run dir>/predictions/test.tsv`` (tab-separated, header first) from rank 0, so that every test metric
-    can be recomputed by an independent tool.
+class PredictionTable:
+    """Collects per-example test predictions on every rank and gathers them, in example order, into one
+    tab-separated table (header first) on rank 0; the runner writes it to ``<run dir>/predictions/test.tsv``,
+    so that every test metric can be recomputed by an independent tool.
 
     Evaluation shards give rank ``r`` of ``W`` the examples ``r, r + W, ...``; ``add`` numbers the rows
     the same way.
     """
 
-    PATH = "predictions/test.tsv"
+    PATH = "predictions/test.tsv"  # relative to the run directory
 
     def __init__(self, header: list[str]) -> None:
         self.header = ["index", *header]
@@ -198,9 +204,9 @@ class PredictionWriter:
             self.rows.append([rank + world * self.seen, *row])
             self.seen += 1
 
-    def write(self, trainer: Any) -> str | None:
-        """Gather the rows of every rank; rank 0 writes the file. Returns its path relative to the run
-        directory (``None`` on the other ranks or without a trainer)."""
+    def gather(self, trainer: Any) -> str | None:
+        """The rows of every rank as the table's text, on rank 0 (a collective: every rank calls it);
+        ``None`` on the other ranks or without a trainer."""
         rows = self.rows
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list[Any] = [None] * torch.distributed.get_world_size()
@@ -208,16 +214,9 @@ class PredictionWriter:
             rows = [r for part in gathered for r in part]
         if trainer is None or not trainer.is_global_zero:
             return None
-        from pathlib import Path
-
-        path = Path(trainer.default_root_dir) / self.PATH
-        path.parent.mkdir(parents=True, exist_ok=True)
         clean = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
         lines = ["\t".join(self.header)]
         for row in sorted(rows, key=lambda r: r[0]):
             cells = (f"{v:.6g}" if isinstance(v, float) else str(v).translate(clean) for v in row)
             lines.append("\t".join(cells))
-        tmp = path.with_suffix(".tsv.tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return self.PATH
+        return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention, get_attention
+from .flops import encoder_forward_flops
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> Tensor:
@@ -93,12 +94,20 @@ class Encoder(nn.Module):
         super().__init__()
         attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout}
         self.d_model, self.max_len, self.causal = d_model, max_len, causal
+        self.shape = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "mlp_ratio": mlp_ratio,
+                      "n_kv_heads": n_kv_heads, "kind": attention.get("kind", "scaled_dot"),
+                      "hidden": attention.get("hidden")}  # fmt: skip
         self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
+
+    def flops_per_sequence(self, length: int) -> float:
+        """Forward FLOPs of one sequence of ``length`` positions through the blocks
+        (:func:`attn.models.flops.encoder_forward_flops`, where the count is documented)."""
+        return encoder_forward_flops(length=length, **self.shape)
 
     def embed_positions(self, x: Tensor) -> Tensor:
         """``x + positions``, then dropout; refuses sequences longer than ``model.max_len``."""

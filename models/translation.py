@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
+from attn.datamodules.vocab import detokenize
+
 from .seq2seq import Seq2SeqTransformer
-from .training import AttnModule, PredictionWriter
+from .training import AttnModule, PredictionTable
 
 BOS, EOS = "<s>", "</s>"
 
@@ -68,8 +70,6 @@ class TranslationModule(AttnModule):
         self.log("val/token_acc", acc, prog_bar=True, sync_dist=True, batch_size=n)
 
     def _text(self, ids: Tensor) -> str:
-        from attn.datamodules.vocab import detokenize
-
         words = []
         for i in ids.tolist():
             if i == self.eos or i == 0:
@@ -87,7 +87,7 @@ class TranslationModule(AttnModule):
 
     def on_test_epoch_start(self) -> None:
         self._hyps, self._refs = [], []
-        self._predictions = PredictionWriter(["hypothesis", "reference"])
+        self._predictions = PredictionTable(["hypothesis", "reference"])
         # Real corpora score against the original sentences (a third batch entry is the row index);
         # generated data against the detokenised target ids.
         dm = getattr(self.trainer, "datamodule", None)
@@ -119,14 +119,14 @@ class TranslationModule(AttnModule):
             torch.distributed.all_gather_object(gathered, (hyps, refs))
             hyps = [h for g in gathered for h in g[0]]
             refs = [r for g in gathered for r in g[1]]
-        path = self._predictions.write(self._trainer)
+        info = self._gather_predictions()
         if not hyps:
             return
         bleu, chrf = sacrebleu.BLEU(), sacrebleu.CHRF()
         self.log("test/bleu", bleu.corpus_score(hyps, [refs]).score)
         self.log("test/chrf", chrf.corpus_score(hyps, [refs]).score)
         self.prediction_info = {
-            "path": path,
+            **info,
             "sacrebleu": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
         }
         self.log("test/exact", sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(hyps))

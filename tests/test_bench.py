@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.bench import forward_flops_per_sequence, train_flops_per_step
-from attn.cli.config import load
+from attn.runner.bench import forward_flops_per_sequence, train_flops_per_step
+from attn.runner.config import load
 
 ATTN = str(Path(sys.executable).parent / "attn")
 
@@ -28,6 +28,26 @@ def test_flop_formula_for_scaled_dot_product():
 
     assert flops(linear, 2000) == 2 * flops(linear, 1000)  # linear attention: linear in the length
     assert flops(cfg, 2000) > 2 * flops(cfg, 1000)  # softmax attention: quadratic term
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["attention=additive", "+attention.params.hidden=8"],
+        ["attention=linear", "model.n_kv_heads=2"],
+        ["attention=general"],
+    ],
+)
+def test_the_model_counts_its_own_flops_as_the_config_does(overrides):
+    """nanoGPT's habit: the built encoder states its FLOPs; attn bench and the thread policy count the
+    same from the config, before anything is built."""
+    from attn.runner.run import build_data_and_module
+
+    cfg = load(["model=small", *overrides])
+    _, module = build_data_and_module(cfg)
+    encoder = module.net.encoder
+    assert encoder.flops_per_sequence(32) == forward_flops_per_sequence(cfg.model, cfg.attention, 32)
 
 
 @pytest.mark.slow
@@ -57,8 +77,8 @@ def test_bench_short_mode_json(tmp_path):
 
 
 def test_bench_refuses_tasks_its_flop_count_does_not_model():
-    from attn.cli.bench import bench
-    from attn.cli.schema import ConfigError
+    from attn.runner.bench import bench
+    from attn.runner.errors import ConfigError
 
     for task in ("translation", "speech"):
         with pytest.raises(

@@ -95,12 +95,12 @@ def test_fast_dev_run_end_to_end(tmp_path):
 
 
 def test_metric_text_prints_counters_as_integers():
-    from attn.cli.main import _metric_text
+    from attn.cli.show import metric_text
 
-    assert _metric_text("test/examples", 2000.0) == "2000"
-    assert _metric_text("train/steps", 630.0) == "630"
-    assert _metric_text("test/acc", 1.0) == "1.0000"  # a rate stays a rate
-    assert _metric_text("test/loss", 0.25) == "0.2500"
+    assert metric_text("test/examples", 2000.0) == "2000"
+    assert metric_text("train/steps", 630.0) == "630"
+    assert metric_text("test/acc", 1.0) == "1.0000"  # a rate stays a rate
+    assert metric_text("test/loss", 0.25) == "0.2500"
 
 
 @pytest.mark.slow
@@ -131,11 +131,11 @@ def test_wandb_offline_writes_run_files(tmp_path, fast):
 
 
 def test_run_dir_path_is_printed_on_one_line(monkeypatch, capsys):
-    from attn.cli.main import _print_summary
+    from attn.cli.show import print_summary
 
     monkeypatch.setenv("COLUMNS", "40")
     path = "/a/rather/long/runs/20261127-050041-classification-scaled_dot-softmax-T1.0"
-    _print_summary({"status": "completed", "metrics": {"test/acc": 0.5}, "run_dir": path, "duration_s": 1.0})
+    print_summary({"status": "completed", "metrics": {"test/acc": 0.5}, "run_dir": path, "duration_s": 1.0})
     assert f"run dir: {path}  (1.0 s)" in capsys.readouterr().out.splitlines()
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from attn.cli.config import GROUPS, group_options, load
-from attn.cli.schema import ConfigError
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.paths import GROUPS, group_options
 
 NON_OPTIONAL = [g for g in GROUPS if g not in ("experiment", "debug")]
 
@@ -18,7 +19,7 @@ def test_defaults_compose():
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_group_option_composes(group, option, tmp_path, monkeypatch):
-    import attn.cli.schema as schema
+    import attn.runner.schema as schema
 
     # Composition, not this machine's CPU: bf16 presets compose as on a CPU with native bfloat16
     # (test_distributed.py tests the refusal on a CPU without it).
@@ -111,7 +112,7 @@ def test_bad_overrides_one_line(overrides, first, second):
 def test_gpu_trainer_is_checked_against_the_machine(monkeypatch):
     import torch
 
-    from attn.cli.schema import check_devices
+    from attn.runner.schema import check_devices
 
     gpu = load(["trainer=gpu"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from attn.cli.config import load
-from attn.cli.train import run
 from attn.models.attention import MultiHeadAttention, build_attention
 from attn.models.softmax import list_softmax
+from attn.runner.config import load
+from attn.runner.run import run
 
 pytestmark = [
     pytest.mark.cuda,

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn.cli.config import load
-from attn.cli.schema import ConfigError
-from attn.cli.train import run
 from attn.datamodules.diagnostic import (
     IGNORE,
     MaxRetrievalDataModule,
     MQARDataModule,
     SelectiveCopyDataModule,
 )
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.run import run
 
 SMALL = {"n_train": 300, "n_val": 50, "n_test": 60}
 TASKS = {
@@ -172,8 +172,10 @@ def test_mqar_separates_softmax_from_linear_attention(fast):
 
 
 def test_report_plots_metric_and_entropy_against_length(tmp_path):
-    from attn.cli.plots import vs_length
-    from attn.cli.report import Group, Stat
+    from attn.runner import plots
+    from attn.runner.aggregate import Group
+    from attn.runner.figures import length_panels
+    from attn.runner.stats import Stat
 
     def stat(mean):
         return Stat([mean - 0.01, mean, mean + 0.01])
@@ -186,9 +188,15 @@ def test_report_plots_metric_and_entropy_against_length(tmp_path):
             stats[f"test/entropy@{n}/l0"] = stat(math.log(n))
             stats[f"test/entropy@{n}/l1"] = stat(0.5)
         groups.append(Group("max_retrieval", (kind, "softmax", 1.0), [], stats, None, chance=0.25))
-    path = vs_length(groups, "test/acc", tmp_path / "len.png", "lengths")
-    assert path is not None and path.stat().st_size > 10_000
-    assert vs_length(groups[:1], "test/f1", tmp_path / "none.png", "none") is None  # no such metric
+    panels = length_panels(groups, "test/acc")
+    assert [label for label, _ in panels] == [
+        "test/acc", "attention entropy, layer 0 (nats)", "attention entropy, layer 1 (nats)",
+    ]  # fmt: skip
+    half = 4.302653 * 0.01 / math.sqrt(3)  # the 95% t-interval of 3 seeds with std 0.01
+    assert panels[0][1]["scaled_dot / softmax / 1.0"][1] == pytest.approx((16, 0.45, half, half), rel=1e-5)
+    path = plots.metric_vs_length(panels, "test/acc", 0.25, tmp_path / "len.png", "lengths")
+    assert path.stat().st_size > 10_000
+    assert length_panels(groups[:1], "test/f1") == []  # no such metric: nothing to draw
 
 
 def test_sample_efficiency_counts_the_way_from_chance_to_final():
@@ -307,7 +315,7 @@ def test_presets_of_the_diagnostic_tasks_compose(tmp_path):
     [("mqar_kinds", 18, 0), ("max_retrieval_temperature", 21, 3), ("hard_tasks", 36, 0)],
 )
 def test_study_presets_plan_within_their_budget(preset, trials, skipped):
-    from attn.cli.sweep import plan
+    from attn.runner.sweep import plan
 
     manifest, skips = plan([f"sweep={preset}"])
     assert len(manifest["trials"]) == trials and len(skips) == skipped

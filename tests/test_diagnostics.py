@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn.cli.config import load
-from attn.cli.train import run
 from attn.models.diagnostics import attention_stats
+from attn.runner.config import load
+from attn.runner.run import run
 
 
 def test_uniform_and_one_hot_rows():

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.config import load
-from attn.cli.records import read_record
-from attn.cli.schema import ConfigError
-from attn.cli.threads import available_cpus
 from attn.datamodules.resumable import EpochSeededBatchSampler, ShardSampler
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.machine import available_cpus
+from attn.runner.records import read_record
 
 ATTN = str(Path(sys.executable).parent / "attn")
 SMALL = [
@@ -60,7 +60,7 @@ def test_evaluation_shards_count_each_example_once(n, world):
 
 
 def test_precision_presets_and_bf16_check(monkeypatch):
-    import attn.cli.schema as schema
+    import attn.runner.schema as schema
 
     # Both branches on any CPU: the capability check is faked.
     for has_bf16 in (True, None):  # native bfloat16, or a CPU whose flags cannot be read
@@ -75,7 +75,7 @@ def test_precision_presets_and_bf16_check(monkeypatch):
 
 
 def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
-    from attn.cli.schema import cpu_has_bf16
+    from attn.runner.machine import cpu_has_bf16
 
     amd = "processor : 0\nflags : fpu sse2 avx2 avx512f avx512bw\n"  # AVX-512 without bf16
     cases = ((amd, False), (amd + "flags : avx512_bf16\n", True), ("flags : amx_bf16\n", True))
@@ -86,7 +86,7 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_cpu_name_is_read_from_cpuinfo(tmp_path):
-    from attn.cli.schema import cpu_name
+    from attn.runner.machine import cpu_name
 
     (tmp_path / "cpuinfo").write_text("processor : 0\nmodel name\t: AMD EPYC 7B13\nflags : avx2\n")
     assert cpu_name(str(tmp_path / "cpuinfo")) == "AMD EPYC 7B13"

@@ -51,8 +51,8 @@ def test_readme_python_example_prints_the_corrected_values():
 @pytest.mark.parametrize("override", ["attention=foo", "trainer.max_epoch=3", "softmax.temperature=0"])
 def test_readme_error_examples_are_what_attn_prints(override):
     documented = re.search(rf"\$ attn train {re.escape(override)}\n(error: .*)\n", README).group(1)
-    from attn.cli.config import load
-    from attn.cli.schema import ConfigError
+    from attn.runner.config import load
+    from attn.runner.errors import ConfigError
 
     with pytest.raises(ConfigError) as e:
         load([override])
@@ -77,7 +77,8 @@ def test_wheel_holds_only_the_attn_package(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "import attn.models.attention, attn.cli.config as c; c.load([]); print(attn.__file__)\nimport models"
+        "import attn.models.attention, attn.runner.config as c; c.load([]); print(attn.__file__)"
+        "\nimport models"
     )
     env = {"PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)

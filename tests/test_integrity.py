@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn.cli.config import load
-from attn.cli.records import DirLock, RunDirBusy
-from attn.cli.schema import ConfigError
-from attn.cli.train import prepare_resume, run
+from attn.runner.config import load
+from attn.runner.errors import ConfigError, RunDirBusy
+from attn.runner.records import DirLock
+from attn.runner.resume import prepare_resume
+from attn.runner.run import run
 
 ATTN = str(Path(sys.executable).parent / "attn")
 
@@ -26,7 +27,7 @@ def hold_lock(directory: Path, name: str = ".lock") -> subprocess.Popen:
     """A separate process that takes the lock and sleeps until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from attn.cli.records import DirLock
+        from attn.runner.records import DirLock
         DirLock({str(directory)!r}, {name!r}).acquire()
         print("locked", flush=True)
         time.sleep(600)
@@ -66,7 +67,7 @@ def test_second_run_in_the_same_directory_is_refused(tmp_path, fast):
 
 
 def test_second_sweep_process_is_refused(tmp_path):
-    from attn.cli.sweep import SWEEP_LOCK, start
+    from attn.runner.sweep import SWEEP_LOCK, start
 
     root = start(["seed=0,1", "model=small", "trainer.max_epochs=1"], str(tmp_path / "sw"), False)
     holder = hold_lock(root, SWEEP_LOCK)
@@ -81,19 +82,20 @@ def test_second_sweep_process_is_refused(tmp_path):
 
 
 def test_a_trial_whose_previous_attempt_lives_is_not_started_twice(tmp_path):
-    from attn.cli.sweep import _wait_for_live_attempt, read_manifest, start, trial_dir
+    from attn.runner.records import read_manifest, trial_dir
+    from attn.runner.sweep import start, wait_for_live_attempt
 
     root = start(["seed=0,1", "model=small"], str(tmp_path / "sw"), False)
-    run_dir = trial_dir(root, read_manifest(root)["trials"][1])
+    run_dir = trial_dir(root, read_manifest(root).trials[1].run_dir)
     run_dir.mkdir(parents=True)
     holder = hold_lock(run_dir)  # the orphan of a killed sweep, still training
     subprocess.Popen(["bash", "-c", f"sleep 2; kill {holder.pid}"])
     t0 = time.time()
-    _wait_for_live_attempt(root, 1)
+    wait_for_live_attempt(root, 1)
     assert time.time() - t0 > 1.5  # it waited for the orphan to end
     holder.wait()
     t0 = time.time()
-    _wait_for_live_attempt(root, 0)  # nothing alive: no wait
+    wait_for_live_attempt(root, 0)  # nothing alive: no wait
     assert time.time() - t0 < 1
 
 
@@ -107,8 +109,9 @@ def cut_short(fast, tmp_path):
     finally:
         del os.environ["ATTN_RUN_DIR"]
     assert exc is None
-    record["status"] = record["attempts"][0]["status"] = "interrupted"
-    (run_dir / "results.json").write_text(json.dumps(record))
+    data = record.to_dict()
+    data["status"] = data["attempts"][0]["status"] = "interrupted"
+    (run_dir / "results.json").write_text(json.dumps(data))
     return run_dir
 
 
@@ -155,7 +158,7 @@ def test_moved_run_directory_resumes_against_its_own_checkpoints(cut_short, tmp_
 
 
 def test_restored_checkpoint_paths_follow_the_directory(tmp_path):
-    from attn.cli.checkpoints import RunCheckpoint
+    from attn.runner.checkpoints import RunCheckpoint
 
     old, new = "/gone/run/checkpoints", str(tmp_path / "checkpoints")
     state = {
@@ -171,19 +174,17 @@ def test_restored_checkpoint_paths_follow_the_directory(tmp_path):
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
-    import lightning.fabric.plugins.io.torch_io as torch_io
-
-    from attn.cli.checkpoints import AtomicCheckpointIO, remove_partial_checkpoints
+    from attn.runner.checkpoints import AtomicCheckpointIO, remove_partial_checkpoints
 
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
 
-    def dies_mid_write(checkpoint, filepath, *args, **kwargs):
-        Path(filepath).write_bytes(b"PK\x03\x04 half a checkpoint")
+    def dies_mid_write(checkpoint, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt  # the process is stopped while writing
 
-    monkeypatch.setattr(torch_io, "_atomic_save", dies_mid_write)
+    monkeypatch.setattr(torch, "save", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact

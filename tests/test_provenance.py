@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.config import load
-from attn.cli.records import read_record
-from attn.cli.train import run
+from attn.runner.config import load
+from attn.runner.run import run
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -69,7 +68,7 @@ def test_record_says_what_produced_it(classified, monkeypatch):
         assert (prov["git"]["diff_sha1"] is not None) == prov["git"]["dirty"]
     assert classified["attempts"][0]["status"] == "completed" and len(classified["attempts"]) == 1
     assert classified["total_duration_s"] == classified["duration_s"]
-    from attn.cli.provenance import provenance
+    from attn.runner.provenance import provenance
 
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
@@ -79,7 +78,7 @@ def test_record_says_what_produced_it(classified, monkeypatch):
 def test_git_state_of_a_dirty_tree(tmp_path, monkeypatch):
     import subprocess
 
-    from attn.cli import provenance as p
+    from attn.runner import provenance as p
 
     if shutil.which("git") is None:
         pytest.skip("git not installed")
@@ -103,7 +102,8 @@ def test_git_state_of_a_dirty_tree(tmp_path, monkeypatch):
 
 
 def test_report_shows_provenance_and_warns_on_mixed_versions(classified, tmp_path):
-    from attn.cli.report import build, collect
+    from attn.runner.collect import collect
+    from attn.runner.report import build
 
     root = tmp_path / "runs"
     for seed in (0, 1):
@@ -114,7 +114,7 @@ def test_report_shows_provenance_and_warns_on_mixed_versions(classified, tmp_pat
     assert "## Provenance" in md and "0.1.0" in md and "warning" not in md
     assert json.loads((tmp_path / "out" / "report.json").read_text())["warnings"] == []
     path = root / "run1" / "results.json"
-    record = read_record(path)
+    record = json.loads(path.read_text())
     record["provenance"]["libraries"]["torch"] = "1.0.0"
     path.write_text(json.dumps(record))
     build(collect(root), tmp_path / "out2", plots=False)

@@ -3,14 +3,14 @@ repositories (imdb, ag_news, sst2, iwslt2017 / wmt14) and against local CSV / TS
 
 import pytest
 
-from attn.cli.config import load
-from attn.cli.schema import ConfigError
-from attn.cli.train import run
 from attn.datamodules.hub import HubDataError
 from attn.datamodules.hubtext import HubTextDataModule
 from attn.datamodules.parallel import ParallelTextDataModule, read_tsv
 from attn.datamodules.textfile import DataError, read_examples
 from attn.datamodules.vocab import Vocabulary, detokenize, tokenize
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.run import run
 
 datasets = pytest.importorskip("datasets")
 

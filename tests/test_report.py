@@ -9,20 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.records import write_json_atomic
-from attn.cli.report import (
-    Run,
-    Stat,
-    aggregate,
-    aggregate_with_verdicts,
-    build,
-    collect,
-    collect_wandb,
-    holm,
-    lower_is_better,
-    welch_p,
-)
-from attn.cli.schema import ConfigError
+from attn.datamodules.files import write_json_atomic
+from attn.runner.aggregate import aggregate, aggregate_with_verdicts
+from attn.runner.collect import Run, collect, collect_wandb
+from attn.runner.errors import ConfigError
+from attn.runner.report import build
+from attn.runner.stats import Stat, holm, lower_is_better, welch_p
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (from tables)
 SCORES = {  # (attention, temperature) -> test/acc over seeds 0, 1, 2
@@ -416,7 +408,7 @@ def test_intervals_respect_the_metric_range(tmp_path):
     groups, _ = _groups(tmp_path, {("scaled_dot", 1.0): [0.99, 1.0, 1.0]})
     lo, hi = groups[0].stats["test/acc"].ci
     assert 0.0 <= lo <= hi <= 1.0
-    from attn.cli.report import metric_range
+    from attn.runner.stats import metric_range
 
     # metrics measured at an evaluation length keep their base metric's range; entropies are >= 0
     assert metric_range("test/acc@16") == (0.0, 1.0) and metric_range("test/bleu@32") == (0.0, 100.0)

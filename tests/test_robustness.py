@@ -13,11 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attn.cli.config import load
 from attn.cli.main import app
-from attn.cli.records import read_record
-from attn.cli.schema import ConfigError
-from attn.cli.train import prepare_resume, run
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.records import read_record
+from attn.runner.resume import prepare_resume
+from attn.runner.run import run
 
 
 def _bad_overrides() -> list:
@@ -130,7 +131,7 @@ def test_second_sigint_exits_at_once(tmp_path):
 def test_resume_refuses_changes_to_the_experiment(train_run):
     run_dir = Path(train_run["run_dir"])
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    record = read_record(run_dir / "results.json")
+    record = json.loads((run_dir / "results.json").read_text())
     record["status"] = "interrupted"  # pretend it was cut short
     (run_dir / "results.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"cannot apply attention=additive softmax.temperature=2 "):
@@ -237,13 +238,13 @@ def test_bad_input_table_exit_code_one_line_no_traceback(tmp_path):
 
 
 def test_corrupt_sweep_record_is_reported_and_rerun(tmp_path, capsys):
-    from attn.cli.sweep import start, trial_done
+    from attn.runner.records import read_manifest
+    from attn.runner.sweep import start, trial_done
 
     root = start(["model=small", "seed=0,1"], str(tmp_path / "s"), False)
-    manifest = json.loads((root / "sweep.json").read_text())
-    trial = manifest["trials"][0]
-    (root / trial["run_dir"]).mkdir(parents=True)
-    (root / trial["run_dir"] / "results.json").write_text('{"status": "completed", "run_')  # cut mid-write
+    trial = read_manifest(root).trials[0]
+    (root / trial.run_dir).mkdir(parents=True)
+    (root / trial.run_dir / "results.json").write_text('{"status": "completed", "run_')  # cut mid-write
     assert not trial_done(root, trial, warn=True)
     err = capsys.readouterr().err
     assert "results.json: unreadable run record" in err and "trial 000 runs again" in err

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from attn.cli import slurm
-from attn.cli.config import CONF_DIR, load
-from attn.cli.records import read_record
-from attn.cli.schema import ConfigError
-from attn.cli.sweep import locked_manifest, plan, read_manifest, resume_settings, start
-from attn.cli.train import Resume, run, slurm_restart
+from attn.runner import slurm
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.paths import CONF_DIR
+from attn.runner.records import locked_manifest, read_manifest, read_record
+from attn.runner.resume import Resume, slurm_restart
+from attn.runner.run import run
+from attn.runner.sweep import plan, resume_settings, start
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTN = str(Path(sys.executable).parent / "attn")
@@ -34,7 +36,7 @@ TINY = ["model=small", "logger=csv", "baseline=false", "task.datamodule.n_train=
 def _launcher_config(manifest: dict) -> dict:
     from hydra import compose, initialize_config_dir
 
-    settings = [f"++{o}" for o in manifest["launcher_overrides"]]  # as attn.cli.sweep.launch passes them
+    settings = [f"++{o}" for o in manifest["launcher_overrides"]]  # as attn.runner.sweep.launch passes them
     overrides = ["sweep_dir=/tmp/s", "trial=0", "hydra/launcher=slurm", *settings]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("launch", overrides=overrides, return_hydra_config=True)
@@ -145,7 +147,7 @@ def _launcher(root: Path, monkeypatch, fake: FakeQueue) -> slurm.AttnSlurmLaunch
 
 def _set(root: Path, tid: int, **fields) -> None:
     with locked_manifest(root) as m:
-        m["trials"][tid].update(fields)
+        m.trials[tid].update(**fields)
 
 
 def test_a_job_that_vanishes_ends_its_trial_and_a_requeued_one_is_waited_for(tmp_path, monkeypatch):
@@ -225,8 +227,9 @@ def test_a_slurm_restart_resumes_the_run_of_its_first_start(tmp_path, monkeypatc
     record, exc = run(load(overrides))
     run_dir = Path(record["run_dir"])
     assert exc is None and run_dir.name.startswith("slurm-4243-")
-    record["status"] = record["attempts"][0]["status"] = "interrupted"  # as if requeued mid-run
-    (run_dir / "results.json").write_text(json.dumps(record))
+    data = record.to_dict()
+    data["status"] = data["attempts"][0]["status"] = "interrupted"  # as if requeued mid-run
+    (run_dir / "results.json").write_text(json.dumps(data))
     assert slurm_restart(load(overrides)) is None  # the first start: SLURM_RESTART_COUNT absent
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     cfg, resume = slurm_restart(load([*overrides, "trainer.max_epochs=3"]))  # max_epochs may change
@@ -240,15 +243,15 @@ def test_a_slurm_restart_resumes_the_run_of_its_first_start(tmp_path, monkeypatc
 
 
 def test_only_rank_zero_says_it_was_interrupted(monkeypatch, capsys, tmp_path):
-    from attn.cli.records import RunRecord
-    from attn.cli.train import _signal_stop_callback
+    from attn.runner.records import RunRecord
+    from attn.runner.signals import SignalStop
 
     for rank, expected in ((1, 0), (0, 1)):
         monkeypatch.setenv("SLURM_NTASKS", "2")
         monkeypatch.setenv("SLURM_PROCID", str(rank))
-        stop = _signal_stop_callback(RunRecord(tmp_path, {}, write=False))
-        stop._handle(signal.SIGUSR1, None)
-        stop._handle(signal.SIGUSR1, None)  # a repeat (SLURM signals every process of the job): ignored
+        stop = SignalStop(RunRecord(tmp_path, {}, write=False))
+        stop.handle(signal.SIGUSR1, None)
+        stop.handle(signal.SIGUSR1, None)  # a repeat (SLURM signals every process of the job): ignored
         assert stop.signum == signal.SIGUSR1
         assert capsys.readouterr().err.count("SIGUSR1 received") == expected
 

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from attn.cli.config import load
-from attn.cli.schema import ConfigError
-from attn.cli.train import run
 from attn.datamodules.features import (
     FeatureConfig,
     compute_features,
@@ -25,6 +22,9 @@ from attn.datamodules.features import (
 )
 from attn.datamodules.speech import SpeechDataError, SpeechDataModule, scan_folder
 from attn.models.speech import SpecAugment, SpeechClassifier
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.run import run
 
 KINDS = ["dot", "scaled_dot", "general", "additive", "local", "linear", "sigmoid"]
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt)")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.records import read_record
-from attn.cli.schema import ConfigError
-from attn.cli.sweep import _trial_command, expand, plan, read_manifest, resume_settings, start, sweep_presets
+from attn.runner.errors import ConfigError
+from attn.runner.paths import group_options
+from attn.runner.records import read_manifest, read_record
+from attn.runner.sweep import expand, plan, resume_settings, start, trial_command
 
 ATTN = str(Path(sys.executable).parent / "attn")
 
@@ -64,7 +65,7 @@ def test_choice_sweeps_expand():
 
 
 def test_presets_plan_and_command_line_values_override_them(tmp_path):
-    assert {"first", "smoke", "temperature", "attention_kinds", "study"} <= set(sweep_presets())
+    assert {"first", "smoke", "temperature", "attention_kinds", "study"} <= set(group_options("sweep"))
     m, _ = plan(["sweep=smoke"], str(tmp_path / "s"))
     assert len(m["trials"]) == 4 and m["name"] == "smoke"
     m, _ = plan(["sweep=smoke", "softmax.temperature=1"], str(tmp_path / "s"))
@@ -112,12 +113,12 @@ def test_skip_invalid_drops_incompatible_combinations():
 
 def test_trials_share_a_wandb_group_and_carry_their_values_as_tags():
     m, _ = plan(["sweep=smoke", "name=mystudy"])
-    cmd = _trial_command(m["trials"][3], m)
+    cmd = trial_command(m.trials[3], m.name)
     assert cmd[:4] == [sys.executable, "-m", "attn.cli.main", "train"]
     assert "logger.group=mystudy" in cmd
     assert "logger.tags=['attention=additive','softmax.temperature=2']" in cmd
     # The command composes: the tags and group reach the trial's config.
-    from attn.cli.config import load
+    from attn.runner.config import load
 
     cfg = load(cmd[4:])
     assert cfg.logger.group == "mystudy"
@@ -252,13 +253,13 @@ def test_slurm_launcher_config_follows_the_trainer():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from attn.cli.config import CONF_DIR
+    from attn.runner.paths import CONF_DIR
 
     overrides = ["sweep_dir=/tmp/s", "trial=0", "devices=4", "num_nodes=2", "gpus_per_node=4"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("launch", overrides=[*overrides, "hydra/launcher=slurm"], return_hydra_config=True)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    assert launcher["_target_"] == "hydra_plugins.attn.AttnSlurmLauncher"  # attn.cli.slurm registers it
+    assert launcher["_target_"] == "hydra_plugins.attn.AttnSlurmLauncher"  # attn.runner.slurm registers it
     resolved = {k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in ("nodes", "tasks_per_node")}
     assert resolved == {"nodes": 2, "tasks_per_node": 4}
     assert OmegaConf.select(cfg, "hydra.launcher.gpus_per_node") == 4
@@ -266,15 +267,15 @@ def test_slurm_launcher_config_follows_the_trainer():
 
 
 def test_trial_dirs_follow_a_moved_sweep(tmp_path):
-    from attn.cli.sweep import trial_dir
+    from attn.runner.records import trial_dir
 
     root = tmp_path / "new"
     (root / "trials" / "000-x").mkdir(parents=True)
-    assert trial_dir(root, {"run_dir": "trials/000-x"}) == root.resolve() / "trials" / "000-x"
+    assert trial_dir(root, "trials/000-x") == root.resolve() / "trials" / "000-x"
     # A manifest written with absolute paths, then moved: found by name under the new sweep directory.
-    old = {"run_dir": str(tmp_path / "old" / "trials" / "000-x")}
+    old = str(tmp_path / "old" / "trials" / "000-x")
     assert trial_dir(root, old) == root.resolve() / "trials" / "000-x"
-    assert trial_dir(root, {"run_dir": "/not/moved/999-y"}) == Path("/not/moved/999-y")
+    assert trial_dir(root, "/not/moved/999-y") == Path("/not/moved/999-y")
 
 
 @pytest.mark.parametrize(
@@ -302,13 +303,13 @@ def test_a_damaged_manifest_is_one_line_not_a_traceback(tmp_path, text, fault):
 
 
 def test_swept_values_with_quotes_survive_the_generated_overrides():
-    from attn.cli.config import load
+    from attn.runner.config import load
 
     m, _ = plan(['logger.project="it\'s",plain'])
-    for trial in m["trials"]:
-        cfg = load(_trial_command(trial, m)[4:])  # what the trial's attn train will parse
+    for trial in m.trials:
+        cfg = load(trial_command(trial, m.name)[4:])  # what the trial's attn train will parse
         assert cfg.logger.project in ("it's", "plain")
-        assert list(cfg.logger.tags) == [f"logger.project={trial['values']['logger.project']}"]
+        assert list(cfg.logger.tags) == [f"logger.project={trial.values['logger.project']}"]
 
 
 @pytest.mark.slow

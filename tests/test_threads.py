@@ -1,4 +1,4 @@
-"""The thread policy's decisions (attn.cli.threads), on faked CPU limits: nothing here is timed."""
+"""The thread policy's decisions (attn.runner.threads), on faked CPU limits: nothing here is timed."""
 
 import json
 import os
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.config import load
-from attn.cli.schema import ConfigError
-from attn.cli.sweep import trial_cpus
-from attn.cli.threads import MARK, apply_env, cgroup_cpus, cpu_limits, plan
+from attn.runner.config import load
+from attn.runner.errors import ConfigError
+from attn.runner.machine import cgroup_cpus, cpu_limits
+from attn.runner.sweep import trial_cpus
+from attn.runner.threads import MARK, apply_env, thread_plan
 
 ATTN = str(Path(sys.executable).parent / "attn")
 TINY = ["model=small", "task.datamodule.batch_size=16"]  # 0.03 GFLOP per step: one thread is enough
@@ -28,7 +29,7 @@ def cpus(monkeypatch):
 
 
 def _plan(overrides, env=None, cgroup=None):
-    return plan(load(overrides), env=env or {}, cgroup=cgroup)
+    return thread_plan(load(overrides), env=env or {}, cgroup=cgroup)
 
 
 def test_threads_option_is_checked_at_config_time():
@@ -153,7 +154,7 @@ def test_cpu_limits_read_the_real_machine():
 
 
 def test_sweep_shares_the_cpus_among_trials_at_once(monkeypatch):
-    import attn.cli.sweep as sweep
+    import attn.runner.sweep as sweep
 
     monkeypatch.setattr(sweep, "available_cpus", lambda env=None: 4)
     assert trial_cpus("joblib", 2, 10) == 2
@@ -165,18 +166,18 @@ def test_sweep_shares_the_cpus_among_trials_at_once(monkeypatch):
 
 def test_plan_survives_an_unvalidated_config(cpus):
     """The plan is made before validation: bad values elsewhere leave it to validation's error."""
-    from attn.cli.config import compose
+    from attn.runner.config import compose
 
     cpus(2)
     cfg = compose(["model.d_model=abc", "trainer.devices=xyz", "task.datamodule.batch_size=0"])
-    p = plan(cfg, env={}, cgroup=None)
+    p = thread_plan(cfg, env={}, cgroup=None)
     assert (p.step_gflop, p.threads, p.ranks) == (None, 2, 1)
     with pytest.raises(ConfigError, match=r"model\.d_model='abc' is invalid"):
-        load(["model.d_model=abc"], before_validate=lambda c: plan(c, env={}, cgroup=None))
+        load(["model.d_model=abc"], before_validate=lambda c: thread_plan(c, env={}, cgroup=None))
 
 
 def test_resume_may_change_threads():
-    from attn.cli.train import RESUMABLE_KEYS
+    from attn.runner.resume import RESUMABLE_KEYS
 
     assert "threads" in RESUMABLE_KEYS
 

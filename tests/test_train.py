@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from attn.cli.config import load
-from attn.cli.records import RECORD_KEYS, read_record, resolve_run_dir
-from attn.cli.train import run
+from attn.runner.config import load
+from attn.runner.paths import resolve_run_dir
+from attn.runner.records import RECORD_KEYS, read_record
+from attn.runner.run import run
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attn.cli.config import load
-from attn.cli.train import run
 from attn.datamodules.numbers import NumberTranslationDataModule, spell, tokenize
 from attn.datamodules.vocab import detokenize
 from attn.models.seq2seq import Seq2SeqTransformer
+from attn.runner.config import load
+from attn.runner.run import run
 
 TINY_DATA = {"max_number": 400, "n_train": 250, "n_val": 30, "n_test": 60, "max_len": 24, "batch_size": 32}
 KINDS = ["dot", "scaled_dot", "general", "additive", "local", "linear", "sigmoid"]
@@ -34,7 +34,7 @@ def test_splits_are_disjoint_deterministic_and_shaped():
     assert x.shape == (250, 24) and y.shape == (250, 24)
     bos, eos = a.tgt_vocab.index["<s>"], a.tgt_vocab.index["</s>"]
     assert (y[:, 0] == bos).all() and ((y == eos).sum(1) == 1).all()
-    from attn.cli.schema import ConfigError
+    from attn.runner.errors import ConfigError
 
     with pytest.raises(
         ConfigError, match=r"task.datamodule.target='xx' is not a num2words language; valid choices: "

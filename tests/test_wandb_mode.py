@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
-from attn.cli.config import load
-from attn.cli.train import _wandb_mode, run
+from attn.runner.config import load
+from attn.runner.run import run, wandb_mode
 
 
 def test_environment_wins(monkeypatch):
     cfg = load(["logger=wandb"])
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert _wandb_mode(cfg) == "disabled"
+    assert wandb_mode(cfg) == "disabled"
     monkeypatch.delenv("WANDB_MODE")
-    assert _wandb_mode(cfg) == "offline"
+    assert wandb_mode(cfg) == "offline"
 
 
 def test_disabled_wandb_still_writes_csv(fast):

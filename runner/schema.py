@@ -18,9 +18,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .errors import ConfigError
+from .machine import cpu_has_bf16
 
-class ConfigError(ValueError):
-    """A configuration the run cannot use; the message is one line for the user."""
+THREADS_CHOICES = "'auto', 'torch' or an integer >= 1"
 
 
 @dataclass
@@ -201,23 +202,15 @@ def _check_target(path: str, node: DictConfig) -> None:
             _check_annotation(f"{path}.{key}", value, hints[key])
 
 
-def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str | None:
-    """The CPU's model name (Linux ``model name``); ``None`` when unknown."""
-    try:
-        lines = Path(cpuinfo).read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
-
-
-def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether this CPU computes in bfloat16 natively (Linux flags); ``None`` when unknown."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return None
-    flags = set(text.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+def parse_threads(value: Any) -> str | int:
+    """``threads`` from the config: ``'auto'``, ``'torch'`` or an int >= 1; ``ValueError`` otherwise."""
+    if isinstance(value, str) and value.strip() in ("auto", "torch"):
+        return value.strip()
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"threads={value!r} is invalid: must be {THREADS_CHOICES}")
 
 
 def _check_precision(tr: DictConfig) -> None:
@@ -286,6 +279,8 @@ def _check_optim(optim: DictConfig) -> None:
 def validate(cfg: DictConfig) -> DictConfig:
     """Types, ranges and combinations of a composed config; ``ConfigError`` on the first problem."""
     cfg = _typed(cfg)
+    # The registries import torch: only here, after the caller's before_validate hook has put the thread
+    # settings in place (OpenMP reads them once, when torch loads it; see attn.runner.threads).
     from attn.models.attention import NORMALISED_KINDS, check_combination, list_attention
     from attn.models.softmax import list_softmax
 
@@ -295,8 +290,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"seed={cfg.seed} is invalid: must be in [0, 2**32 - 1] (numpy's seed range)")
     _check_finite(cfg)
     if "threads" in cfg:
-        from .threads import parse_threads
-
         try:
             cfg.threads = parse_threads(cfg.threads)
         except ValueError as e:

@@ -4,21 +4,18 @@ config that trained them, and the metric history kept across resumes. Imported w
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .records import flatten
+from attn.datamodules.files import atomic_write
 
-PARTIAL = ".*.ckpt.*.tmp"  # what an interrupted atomic save leaves (see AtomicCheckpointIO)
-CONFIG_KEY = "attn_config"  # the resolved config stored in every checkpoint
+from .records import read_metrics
+
+PARTIAL = ".*.ckpt.*.tmp"  # what an interrupted atomic save leaves (attn.datamodules.files.atomic_write)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -27,18 +24,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``$TMPDIR`` is on), and a failed write removes its temporary file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)  # refuses them, as Lightning does
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda f: torch.save(checkpoint, f))
 
 
 def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
@@ -99,27 +89,9 @@ def rebase(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     return out
 
 
-def config_digest(config: dict[str, Any], ignore: tuple[str, ...]) -> str:
-    """SHA-1 of the resolved config without the keys in ``ignore`` (those a resume may change)."""
-    flat = {k: v for k, v in flatten(config).items() if not k.startswith(ignore)}
-    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def config_changes(trained: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
-    """``key (trained -> now)`` for every key whose value differs, outside ``ignore``."""
-    a, b = flatten(trained), flatten(now)
-    keys = sorted(k for k in set(a) | set(b) if not k.startswith(ignore) and a.get(k) != b.get(k))
-    return [f"{k} ({a.get(k, 'absent')!r} -> {b.get(k, 'absent')!r})" for k in keys]
-
-
 def metric_history(run_dir: Path, up_to_step: int | None) -> list[dict[str, str]]:
     """The rows of ``csv/metrics.csv`` logged at or before ``up_to_step`` (all when ``None``)."""
-    path = run_dir / "csv" / "metrics.csv"
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
+    rows = read_metrics(run_dir)
 
     def step(row: dict[str, str]) -> float:
         try:

@@ -32,6 +32,9 @@ from typing import Any
 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
+from .machine import submitit_signal
+from .records import locked_manifest, read_manifest
+
 PLUGIN_NAME = "hydra_plugins.attn.AttnSlurmLauncher"  # the _target_ in conf/hydra/launcher/slurm.yaml
 POLL_ENV = "ATTN_SLURM_POLL_S"  # seconds between two looks at the queue (default 10)
 # Job states in which the job may still run (again): the sweep keeps waiting.
@@ -141,13 +144,11 @@ class AttnSlurmLauncher(SlurmLauncher):
         from hydra.core.singleton import Singleton
         from hydra.core.utils import JobReturn, JobStatus
 
-        from .sweep import locked_manifest
-
         assert self.config is not None
         root = Path(str(self.config.sweep_dir))
         tids = [_trial_of(o) for o in job_overrides]
         with locked_manifest(root) as m:
-            known = {str(int(t["id"])): t.get("slurm_job") for t in m["trials"]}
+            known = {str(t.number): t.extra.get("slurm_job") for t in m.trials}
         queue = queue_states()
         if queue is None:
             raise RuntimeError("squeue does not answer: is this a SLURM login node? (launcher=slurm)")
@@ -164,9 +165,9 @@ class AttnSlurmLauncher(SlurmLauncher):
             submitted = self._executor().map_array(self, *zip(*params, strict=True))
             jobs.update({tids[i]: job.job_id for (i, _), job in zip(submit, submitted, strict=True)})
             with locked_manifest(root) as m:
-                for t in m["trials"]:
-                    if str(int(t["id"])) in jobs and str(int(t["id"])) not in adopted:
-                        t.update(slurm_job=jobs[str(int(t["id"]))], slurm_restarts=0)
+                for t in m.trials:
+                    if str(t.number) in jobs and str(t.number) not in adopted:
+                        t.update(slurm_job=jobs[str(t.number)], slurm_restarts=0)
         line = f"attn sweep: {len(submit)} trial(s) submitted to SLURM"
         if submitted_ids := sorted({jobs[tids[i]].split("_")[0] for i, _ in submit}):
             line += f" (job {', '.join(submitted_ids)})"
@@ -192,14 +193,12 @@ class AttnSlurmLauncher(SlurmLauncher):
 
     def _wait(self, root: Path, jobs: dict[str, str]) -> dict[str, str]:
         """Wait until every job has left the queue; returns each trial's final status."""
-        from .sweep import read_manifest
-
         waiting, seen, absent, statuses = dict(jobs), {}, dict.fromkeys(jobs, 0), {}
         announced: dict[str, int] = {}  # the SLURM restarts of each trial's job already reported
         poll = _poll_seconds()
         while waiting:
             queue = queue_states()
-            trials = {str(int(t["id"])): t for t in read_manifest(root)["trials"]}
+            trials = {str(t.number): t for t in read_manifest(root).trials}
             for tid, job in list(waiting.items()):
                 if queue is None:
                     break
@@ -207,12 +206,13 @@ class AttnSlurmLauncher(SlurmLauncher):
                 if state is not None:
                     absent[tid] = 0
                     trial = trials[tid]
-                    restarts = trial.get("slurm_restarts", 0) if trial.get("slurm_job") == job else 0
+                    own_job = trial.extra.get("slurm_job") == job
+                    restarts = trial.extra.get("slurm_restarts", 0) if own_job else 0
                     announced.setdefault(tid, restarts)
                     # Requeued: the job restarted its trial (SLURM_RESTART_COUNT, recorded by the trial), or
                     # waits in the queue again after its trial stopped or after it ran.
                     waits_again = state in WAITING and (
-                        trial["status"] == "interrupted" or seen.get(tid) not in (None, *WAITING)
+                        trial.status == "interrupted" or seen.get(tid) not in (None, *WAITING)
                     )
                     if restarts > announced[tid] or waits_again:
                         announced[tid] = restarts + waits_again
@@ -228,76 +228,38 @@ class AttnSlurmLauncher(SlurmLauncher):
         return statuses
 
     def _requeued(self, root: Path, tid: str, job: str) -> None:
-        from .sweep import locked_manifest
-
         with locked_manifest(root) as m:
-            trial = next(t for t in m["trials"] if str(int(t["id"])) == tid)
-            if trial["status"] == "interrupted":  # (a trial that already runs again stays running)
-                trial["status"] = "requeued"
+            trial = m.trial(tid)
+            if trial.status == "interrupted":  # (a trial that already runs again stays running)
+                trial.status = "requeued"
         print(f"attn sweep: trial {tid} (SLURM job {job}) was requeued; it resumes from its checkpoint",
               flush=True)  # fmt: skip
 
     def _finished(self, root: Path, tid: str, job: str, total: int, done: int) -> str:
         """The trial's status once its job has left the queue: what the trial recorded, or, when the job
         ended before the trial could record anything, what SLURM says happened to it."""
-        from .sweep import locked_manifest
-
         with locked_manifest(root) as m:
-            trial = next(t for t in m["trials"] if str(int(t["id"])) == tid)
-            if trial["status"] not in ("completed", "failed", "interrupted"):
+            trial = m.trial(tid)
+            if trial.status not in ("completed", "failed", "interrupted"):
                 state = final_state(job)
-                if trial["status"] == "requeued":  # its earlier attempt saved a checkpoint
-                    trial["status"] = "interrupted"
-                    trial["error"] = f"SLURM job {job} ended {state} while waiting to be restarted"
-                elif trial["status"] == "running":
+                if trial.status == "requeued":  # its earlier attempt saved a checkpoint
+                    trial.status = "interrupted"
+                    trial.error = f"SLURM job {job} ended {state} while waiting to be restarted"
+                elif trial.status == "running":
                     stopped = state in ("CANCELLED", "TIMEOUT", "PREEMPTED")
-                    trial["status"] = "interrupted" if stopped else "failed"
-                    trial["error"] = f"SLURM job {job} ended {state} while the trial ran, before its record"
+                    trial.status = "interrupted" if stopped else "failed"
+                    trial.error = f"SLURM job {job} ended {state} while the trial ran, before its record"
                 else:  # pending: the job never started the trial
-                    trial["status"] = "cancelled"
-                    trial["error"] = f"SLURM job {job} ended {state} before the trial started"
-            status, error = trial["status"], trial.get("error")
+                    trial.status = "cancelled"
+                    trial.error = f"SLURM job {job} ended {state} before the trial started"
+            status, error = trial.status, trial.error
         print(f"[{done}/{total}] trial {tid} {status} (SLURM job {job})" + (f": {error}" if error else ""),
               flush=True)  # fmt: skip
         return status
 
 
 # --------------------------------------------------------------------------------------------
-# inside a job
-
-
-def job_id() -> str | None:
-    """This process's SLURM job as squeue shows it (``<array job>_<task>`` for an array task), or None
-    outside SLURM."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-
-
-def restart_count() -> int:
-    """How often SLURM has restarted this job (``SLURM_RESTART_COUNT``; 0 for its first run)."""
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
-
-
-def submitit_signal() -> int | None:
-    """The signal on which submitit (the sweep's trials) checkpoints and requeues the job itself."""
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-        return None
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
-    return getattr(signal, f"SIG{name}", signal.SIGUSR2)
-
-
-def requeue(job: str) -> str | None:
-    """``scontrol requeue`` of the job; None when done, else why not."""
-    try:
-        out = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
-    if out.returncode != 0:
-        return (out.stderr or out.stdout).strip().splitlines()[-1] if (out.stderr or out.stdout) else "failed"
-    return None
+# inside a sweep trial's job
 
 
 @contextlib.contextmanager

@@ -13,9 +13,7 @@ directory, status and error line, rewritten atomically under a lock whenever a t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
-import json
 import os
 import signal
 import socket
@@ -27,12 +25,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import CONF_DIR, load
-from .records import RUN_DIR_ENV, DirLock, now_iso, read_record, short_name, write_json_atomic
-from .schema import ConfigError
-from .threads import CPUS_ENV, available_cpus
+from attn.datamodules.files import write_text_atomic
 
-MANIFEST = "sweep.json"
+from .config import load
+from .errors import ConfigError
+from .machine import available_cpus
+from .paths import CONF_DIR, CPUS_ENV, RUN_DIR_ENV, group_options, now_iso, short_name
+from .records import (
+    MANIFEST,
+    DirLock,
+    Manifest,
+    Trial,
+    locked_manifest,
+    read_manifest,
+    read_record,
+    record_status,
+    trial_dir,
+)
+from .slurm import forward_preemption, queue_states, register_launcher
+
 LAUNCHERS = {
     "basic": "basic",
     "joblib": "joblib",
@@ -49,11 +60,6 @@ TRIAL_DEFAULTS = ("trainer.enable_progress_bar=false",)
 # the grid
 
 
-def sweep_presets() -> list[str]:
-    """Names of the presets in ``conf/sweep/``."""
-    return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
-
-
 def load_preset(name: str) -> dict[str, Any]:
     """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...},
     "skip_invalid": bool}``; ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command
@@ -62,7 +68,7 @@ def load_preset(name: str) -> dict[str, Any]:
 
     path = CONF_DIR / "sweep" / f"{name}.yaml"
     if not path.exists():
-        raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(sweep_presets())}")
+        raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(group_options('sweep'))}")
     data = OmegaConf.to_container(OmegaConf.load(path))
     grid = {str(k): _sweep_string(v) for k, v in (data.get("grid") or {}).items()}
     settings = {k: str(data[k]) for k in ("launcher", "n_jobs") if data.get(k) is not None}
@@ -200,7 +206,7 @@ def trial_values(overrides: list[str], grid: dict[str, list[str]]) -> dict[str, 
 
 def plan(
     args: list[str], sweep_dir: str | None = None, skip_invalid: bool = False
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[Manifest, list[str]]:
     """Build (not write) the manifest for ``attn sweep ARGS``; every trial's config is validated.
 
     Returns the manifest and the list of skipped combinations (with ``skip_invalid``). Raises
@@ -241,33 +247,23 @@ def plan(
         values = trial_values(overrides, grid)
         slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
         entries.append(
-            {
-                "id": tid,
-                "overrides": overrides,
-                "values": values,
-                "run_dir": f"trials/{tid}-{slug}",  # relative to the sweep directory: it can move
-                "devices": cfg.trainer.devices,
-                "num_nodes": cfg.trainer.num_nodes,
-                "accelerator": cfg.trainer.accelerator,
-                "status": "pending",
-                "error": None,
-                "attempts": 0,
-            }
+            Trial(
+                id=tid,
+                overrides=overrides,
+                values=values,
+                run_dir=f"trials/{tid}-{slug}",  # relative to the sweep directory: it can move
+                devices=cfg.trainer.devices,
+                num_nodes=cfg.trainer.num_nodes,
+                accelerator=cfg.trainer.accelerator,
+            )
         )
     if not entries:
         raise ConfigError("every combination of the grid is invalid; see --dry-run --skip-invalid")
-    manifest = {
-        "name": name,
-        "sweep_dir": str(root),
-        "command": " ".join(["attn", "sweep", *args]),
-        "created": now_iso(),
-        "launcher": launcher,
-        "n_jobs": n_jobs,
-        "launcher_overrides": hydra_settings,
-        "grid": grid,
-        "skipped": skipped,
-        "trials": entries,
-    }
+    manifest = Manifest(
+        name=name, launcher=launcher, n_jobs=n_jobs, grid=grid, trials=entries,
+        launcher_overrides=hydra_settings, skipped=skipped,
+        extra={"command": " ".join(["attn", "sweep", *args]), "created": now_iso(), "sweep_dir": str(root)},
+    )  # fmt: skip
     return manifest, skipped
 
 
@@ -285,110 +281,50 @@ def _positive_int(key: str, value: str) -> int:
 # the manifest
 
 
-MANIFEST_KEYS = ("name", "launcher", "n_jobs", "grid", "trials")
 SWEEP_LOCK = ".sweep.lock"  # held by the attn sweep process for its whole life
 STOP_FILE = ".stopping"  # written when the sweep is told to stop: no further trial starts
-TRIAL_KEYS = ("id", "overrides", "values", "run_dir", "status", "attempts")
 
 
-def _load_manifest(path: Path) -> dict[str, Any]:
-    """``sweep.json`` parsed and checked; ``ConfigError`` naming the file and the fault otherwise."""
-    try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-        missing = [k for k in MANIFEST_KEYS if k not in manifest]
-        if missing or not isinstance(manifest["trials"], list):
-            raise ValueError(f"no {missing[0] if missing else 'list of trials'}")
-        for i, t in enumerate(manifest["trials"]):
-            lacking = TRIAL_KEYS if not isinstance(t, dict) else [k for k in TRIAL_KEYS if k not in t]
-            if lacking:
-                raise ValueError(f"trial {i} lacks {lacking[0]}")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable sweep manifest ({e}); restore it or start a new sweep") from e
-    return manifest
-
-
-@contextlib.contextmanager
-def locked_manifest(sweep_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """Read-modify-write ``sweep.json`` under an exclusive lock; written atomically on exit."""
-    path = Path(sweep_dir) / MANIFEST
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = _load_manifest(path)
-        yield manifest
-        manifest["updated"] = now_iso()
-        write_json_atomic(path, manifest)
-
-
-def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a sweep directory; ``ConfigError`` if there is none."""
-    path = Path(sweep_dir) / MANIFEST
-    if not path.exists():
-        raise ConfigError(f"{sweep_dir}: not a sweep directory (no {MANIFEST})")
-    return _load_manifest(path)
-
-
-def trial_dir(sweep_dir: str | Path, trial: dict[str, Any]) -> Path:
-    """A trial's run directory: ``run_dir`` of the manifest, relative to the sweep directory.
-
-    Manifests written before paths were relative hold absolute paths; when such a sweep has been moved,
-    the trial's directory is looked up under the sweep directory by its name.
-    """
-    path = Path(trial["run_dir"])
-    if not path.is_absolute():
-        return Path(sweep_dir).resolve() / path
-    moved = Path(sweep_dir).resolve() / "trials" / path.name
-    return moved if not path.exists() and moved.exists() else path
-
-
-def trial_done(sweep_dir: str | Path, trial: dict[str, Any], warn: bool = False) -> bool:
+def trial_done(sweep_dir: str | Path, trial: Trial, warn: bool = False) -> bool:
     """Whether the trial's ``results.json`` says completed (the run directory is the truth).
 
     A corrupt record counts as not completed; with ``warn`` it is reported with its path.
     """
-    path = trial_dir(sweep_dir, trial) / "results.json"
+    path = trial_dir(sweep_dir, trial.run_dir) / "results.json"
     if not path.exists():
         return False
     try:
-        return read_record(path)["status"] == "completed"
+        return read_record(path).status == "completed"
     except ValueError as e:
         if warn:
-            print(f"warning: {e}; trial {trial['id']} runs again", file=sys.stderr, flush=True)
+            print(f"warning: {e}; trial {trial.id} runs again", file=sys.stderr, flush=True)
         return False
-
-
-def _counts(manifest: dict[str, Any]) -> dict[str, int]:
-    counts = {"completed": 0, "failed": 0, "interrupted": 0, "running": 0, "pending": 0}
-    for t in manifest["trials"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    return counts
 
 
 # --------------------------------------------------------------------------------------------
 # one trial (runs inside a Hydra launcher's job)
 
 
-def _trial_command(trial: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
-    keys = {o.partition("=")[0].lstrip("+~") for o in trial["overrides"]}
+def trial_command(trial: Trial, sweep_name: str) -> list[str]:
+    """The ``attn train`` command line of a trial: its overrides, the display defaults, and its W&B group
+    (the sweep's name) and tags (its swept values) unless it sets them itself."""
+    keys = {o.partition("=")[0].lstrip("+~") for o in trial.overrides}
     extra = [d for d in TRIAL_DEFAULTS if d.partition("=")[0] not in keys]
     if "logger.group" not in keys:
-        extra.append(f"logger.group={manifest['name']}")
-    if "logger.tags" not in keys and trial["values"]:
-        quoted = (f"{k}={v}".replace("\\", "\\\\").replace("'", "\\'") for k, v in trial["values"].items())
+        extra.append(f"logger.group={sweep_name}")
+    if "logger.tags" not in keys and trial.values:
+        quoted = (f"{k}={v}".replace("\\", "\\\\").replace("'", "\\'") for k, v in trial.values.items())
         tags = ",".join(f"'{t}'" for t in quoted)  # Hydra's quoted strings: \\ and \' escaped
         extra.append(f"logger.tags=[{tags}]")
-    return [sys.executable, "-m", "attn.cli.main", "train", *trial["overrides"], *extra]
+    return [sys.executable, "-m", "attn.cli.main", "train", *trial.overrides, *extra]
 
 
 def _resumable(run_dir: Path) -> bool:
     """An attempt that was interrupted (or killed) after saving ``checkpoints/last.ckpt``."""
     if not (run_dir / "checkpoints" / "last.ckpt").exists() or not (run_dir / "config.yaml").exists():
         return False
-    try:
-        return read_record(run_dir / "results.json")["status"] == "interrupted"
-    except ValueError:
-        return True  # no record (killed) or a corrupt one: the checkpoint decides
+    status = record_status(run_dir)
+    return status is None or status == "interrupted"  # no record (killed) or a corrupt one: the checkpoint
 
 
 def _set_aside(run_dir: Path, sweep_dir: Path, attempt: int) -> None:
@@ -407,13 +343,13 @@ def _last_line(path: Path) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
-def _wait_for_live_attempt(root: Path, tid: str | int) -> None:
+def wait_for_live_attempt(root: Path, tid: str | int) -> None:
     """A trial whose previous attempt still runs (an orphan of a killed sweep) is never started twice:
     wait until that process ends (it holds its run directory's lock until then)."""
-    trial = next(t for t in read_manifest(root)["trials"] if int(t["id"]) == int(tid))
-    lock = DirLock(trial_dir(root, trial))
+    trial = read_manifest(root).trial(tid)
+    lock = DirLock(trial_dir(root, trial.run_dir))
     if lock.held_elsewhere():
-        print(f"trial {trial['id']}: its previous attempt ({lock.holder()}) is still running; waiting for it",
+        print(f"trial {trial.id}: its previous attempt ({lock.holder()}) is still running; waiting for it",
               flush=True)  # fmt: skip
         lock.acquire(wait=True)
         lock.release()
@@ -423,30 +359,30 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     """Run one trial as ``attn train`` in a child process; returns its final status.
 
     ``cpus``: the trial's share of this machine's CPUs (``ATTN_CPUS``), from which the trial's
-    thread policy (:mod:`attn.cli.threads`) picks its threads; None leaves it every CPU it may use.
+    thread policy (:mod:`attn.runner.threads`) picks its threads; None leaves it every CPU it may use.
     """
     root = Path(sweep_dir).resolve()
     rank = int(os.environ.get("SLURM_PROCID", "0"))  # submitit runs the job once per SLURM task
     if (root / STOP_FILE).exists():  # the sweep was stopped: trials not yet started stay pending
         return "pending"
     if rank == 0:
-        _wait_for_live_attempt(root, tid)
+        wait_for_live_attempt(root, tid)
     with locked_manifest(root) as m:
-        trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
-        run_dir = trial_dir(root, trial)
+        trial = m.trial(tid)
+        run_dir = trial_dir(root, trial.run_dir)
         if trial_done(root, trial):
-            trial["status"] = "completed"
+            trial.status = "completed"
             return "completed"
         resume = _resumable(run_dir)
         if rank == 0:
-            trial["attempts"] += 1
+            trial.attempts += 1
             if not resume:
-                _set_aside(run_dir, root, trial["attempts"] - 1)
+                _set_aside(run_dir, root, trial.attempts - 1)
             trial.update(status="running", started=now_iso(), error=None)
             # How often SLURM restarted this job: the sweep reports a requeue when this grows.
             if "SLURM_JOB_ID" in os.environ:
-                trial["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        manifest = {k: v for k, v in m.items() if k != "trials"}
+                trial.extra["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        sweep_name = m.name
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
     if cpus:
@@ -456,7 +392,7 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     status, error = "failed", None
     interrupted = False
     with open(log, "a" if resume else "w") as out:
-        cmd = _trial_command(trial, manifest)
+        cmd = trial_command(trial, sweep_name)
         if resume:  # continue the interrupted attempt from its checkpoint (e.g. a requeued SLURM job)
             cmd = [*cmd[:4], f"resume={run_dir}"]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -464,8 +400,7 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
             try:
                 if rank == 0:  # where the sweep finds its live trials (to forward a SIGTERM to them)
                     with locked_manifest(root) as m:
-                        live = next(t for t in m["trials"] if int(t["id"]) == int(tid))
-                        live.update(pid=proc.pid, host=socket.gethostname())
+                        m.trial(tid).update(pid=proc.pid, host=socket.gethostname())
                 proc.wait()
             except KeyboardInterrupt:  # the terminal's Ctrl-C reached the trial too: let it save and stop
                 interrupted = True
@@ -483,13 +418,13 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     # then stopped during teardown (e.g. by the Ctrl-C that also stops the sweep).
     try:
         record = read_record(run_dir / "results.json")
-        status, error, duration = record["status"], record["error"], record["duration_s"]
+        status, error, duration = record.status, record.error, record.duration_s
     except ValueError:
         stopped = (-signal.SIGINT, 130, -signal.SIGTERM, 143)
         status = "interrupted" if code in stopped else "failed"
         error, duration = f"attn train exited with {code}: {_last_line(log)}", None
     with locked_manifest(root) as m:
-        trial = next(t for t in m["trials"] if int(t["id"]) == int(tid))
+        trial = m.trial(tid)
         trial.update(
             status=status, error=error, finished=now_iso(), wall_s=round(wall, 3), duration_s=duration
         )
@@ -503,28 +438,26 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
 @contextlib.contextmanager
 def _preemption(proc: subprocess.Popen) -> Iterator[Any]:
     """Inside a SLURM job (submitit): the scheduler's warning signals go on to the trial (see
-    :func:`attn.cli.slurm.forward_preemption`); elsewhere nothing changes."""
+    :func:`attn.runner.slurm.forward_preemption`); elsewhere nothing changes."""
     if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-        from .slurm import forward_preemption
-
         with forward_preemption(proc) as after:
             yield after
     else:
         yield lambda: None
 
 
-def _print_progress(manifest: dict[str, Any], trial: dict[str, Any]) -> None:
-    c = _counts(manifest)
-    total = len(manifest["trials"])
+def _print_progress(manifest: Manifest, trial: Trial) -> None:
+    c = manifest.counts()
+    total = len(manifest.trials)
     finished = c["completed"] + c["failed"]
-    elapsed = time.time() - manifest.get("session_started_unix", time.time())
-    this_session = manifest.get("session_finished", 0) + 1
-    manifest["session_finished"] = this_session
+    elapsed = time.time() - manifest.extra.get("session_started_unix", time.time())
+    this_session = manifest.extra.get("session_finished", 0) + 1
+    manifest.extra["session_finished"] = this_session
     # Wall time per trial finished in this session already reflects the parallelism.
     eta = elapsed / this_session * (total - finished)
     line = (
         f"[{finished}/{total}] completed {c['completed']}, failed {c['failed']}"
-        f" | trial {trial['id']} {trial['status']} in {trial['wall_s']:.1f} s"
+        f" | trial {trial.id} {trial.status} in {trial.extra['wall_s']:.1f} s"
         f" | elapsed {_hms(elapsed)}, about {_hms(eta)} left"
     )
     print(line, flush=True)
@@ -555,7 +488,7 @@ def trial_cpus(launcher: str, n_jobs: int, n_trials: int) -> int | None:
     return max(1, available_cpus() // max(1, at_once))
 
 
-def launch(sweep_dir: str | Path) -> dict[str, Any]:
+def launch(sweep_dir: str | Path) -> Manifest:
     """Run every trial of the sweep that is not completed, through the manifest's Hydra launcher."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
@@ -564,25 +497,25 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
     (root / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session does not carry over
     with locked_manifest(root) as m:
         todo = []
-        for t in m["trials"]:
+        for t in m.trials:
             if trial_done(root, t, warn=True):
-                t["status"] = "completed"
+                t.status = "completed"
             else:
-                t["status"] = "pending" if t["status"] != "failed" else "failed"
-                todo.append(str(int(t["id"])))
-        m["session_started_unix"] = time.time()
-        m["session_finished"] = 0
-        launcher, n_jobs = m["launcher"], int(m["n_jobs"])
-        extra = list(m.get("launcher_overrides") or [])
-        first = m["trials"][0]
-        shape = {(t["devices"], t["num_nodes"], t["accelerator"]) for t in m["trials"]}
+                t.status = "pending" if t.status != "failed" else "failed"
+                todo.append(str(t.number))
+        m.extra["session_started_unix"] = time.time()
+        m.extra["session_finished"] = 0
+        launcher, n_jobs = m.launcher, int(m.n_jobs)
+        extra = list(m.launcher_overrides)
+        first = m.trials[0]
+        shape = {(t.devices, t.num_nodes, t.accelerator) for t in m.trials}
     if not todo:
         return read_manifest(root)
     if launcher == "slurm" and len(shape) > 1:
         raise ConfigError("launcher=slurm needs one trainer.devices/num_nodes/accelerator for all trials")
     cpus = trial_cpus(launcher, n_jobs, len(todo))
-    devices = first["devices"] if isinstance(first["devices"], int) else 1
-    gpus = devices if first["accelerator"] in ("gpu", "cuda") else None
+    devices = first.devices if isinstance(first.devices, int) else 1
+    gpus = devices if first.accelerator in ("gpu", "cuda") else None
     argv = [
         "attn-sweep",
         "--multirun",
@@ -590,7 +523,7 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
         f"sweep_dir={root}",
         f"cpus={cpus if cpus else 'null'}",
         f"devices={devices}",
-        f"num_nodes={first['num_nodes']}",
+        f"num_nodes={first.num_nodes}",
         f"gpus_per_node={gpus if gpus else 'null'}",
         f"hydra/launcher={LAUNCHERS[launcher]}",
     ]
@@ -598,8 +531,6 @@ def launch(sweep_dir: str | Path) -> dict[str, Any]:
         argv.append(f"hydra.launcher.n_jobs={n_jobs}")
     argv += [f"++{o}" for o in extra]  # ++: also keys inside the launcher's dicts (additional_parameters)
     if launcher == "slurm":
-        from .slurm import queue_states, register_launcher
-
         if queue_states() is None:
             raise ConfigError(
                 "launcher=slurm: no SLURM cluster answers here (squeue failed); run attn sweep where sbatch"
@@ -626,18 +557,19 @@ def _stop_handler(root: Path) -> Any:
     the trials directly, so SIGINT is not passed on: a trial would take it as the second one.)"""
 
     def handle(signum: int, _frame: Any) -> None:
-        (root / STOP_FILE).write_text(f"{signal.Signals(signum).name} {now_iso()}\n")
+        write_text_atomic(root / STOP_FILE, f"{signal.Signals(signum).name} {now_iso()}\n")
         print("attn sweep: SIGTERM received; stopping the running trials (they save their state)",
               file=sys.stderr, flush=True)  # fmt: skip
         try:
-            trials = read_manifest(root)["trials"]  # no lock: the handler may interrupt its holder
+            trials = read_manifest(root).trials  # no lock: the handler may interrupt its holder
         except ConfigError:
             return
         host = socket.gethostname()
         for t in trials:
-            if t.get("status") == "running" and t.get("host") == host and isinstance(t.get("pid"), int):
+            pid = t.extra.get("pid")
+            if t.status == "running" and t.extra.get("host") == host and isinstance(pid, int):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(t["pid"], signal.SIGTERM)
+                    os.kill(pid, signal.SIGTERM)
 
     return handle
 
@@ -655,11 +587,11 @@ def stopped(sweep_dir: str | Path) -> str | None:
 def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:
     """Plan the sweep, write its directory and manifest; returns the directory."""
     manifest, _ = plan(args, sweep_dir, skip_invalid)
-    root = Path(manifest.pop("sweep_dir"))  # not recorded: the manifest's own directory is the sweep's
+    root = Path(manifest.extra.pop("sweep_dir"))  # not recorded: the manifest's own directory is the sweep's
     if (root / MANIFEST).exists():
         raise ConfigError(f"{root} already holds a sweep; resume it with attn sweep --resume {root}")
     root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / MANIFEST, manifest)
+    manifest.write(root / MANIFEST)
     return root
 
 
@@ -676,29 +608,29 @@ def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
     if not settings:
         return
     with locked_manifest(sweep_dir) as m:
-        launcher = settings.get("launcher", m["launcher"])
+        launcher = settings.get("launcher", m.launcher)
         if launcher not in LAUNCHERS:
             raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
         # The launcher settings of the first session stay unless given again (another launcher: dropped).
-        before = m.get("launcher_overrides") or []
-        kept = dict(o.split("=", 1) for o in before) if launcher == m["launcher"] else {}
+        before = m.launcher_overrides
+        kept = dict(o.split("=", 1) for o in before) if launcher == m.launcher else {}
         merged = {**kept, **{k: v for k, v in settings.items() if k.startswith(LAUNCHER_PREFIX)}}
-        m["launcher_overrides"] = launcher_overrides(launcher, merged)
-        m["launcher"] = launcher
-        m["n_jobs"] = _positive_int("n_jobs", settings.get("n_jobs", str(m["n_jobs"])))
+        m.launcher_overrides = launcher_overrides(launcher, merged)
+        m.launcher = launcher
+        m.n_jobs = _positive_int("n_jobs", settings.get("n_jobs", str(m.n_jobs)))
 
 
-def summary(manifest: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """One line of counts and per-trial overhead, and the failed trials."""
-    c = _counts(manifest)
-    failed = [t for t in manifest["trials"] if t["status"] != "completed"]
+def summary(manifest: Manifest) -> tuple[str, list[Trial]]:
+    """One line of counts and per-trial overhead, and the trials that did not complete."""
+    c = manifest.counts()
+    failed = [t for t in manifest.trials if t.status != "completed"]
     overheads = [
-        t["wall_s"] - t["duration_s"]
-        for t in manifest["trials"]
-        if t.get("wall_s") is not None and t.get("duration_s") is not None
+        t.extra["wall_s"] - t.extra["duration_s"]
+        for t in manifest.trials
+        if t.extra.get("wall_s") is not None and t.extra.get("duration_s") is not None
     ]
-    line = f"sweep {manifest['name']}: {c['completed']} completed, {len(failed)} not completed"
-    line += f" of {len(manifest['trials'])} trials"
+    line = f"sweep {manifest.name}: {c['completed']} completed, {len(failed)} not completed"
+    line += f" of {len(manifest.trials)} trials"
     if overheads:
         mean = sum(overheads) / len(overheads)
         line += f"; per-trial overhead {mean:.1f} s (process start, imports, teardown)"

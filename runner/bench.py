@@ -21,23 +21,26 @@ import statistics
 import time
 from typing import Any
 
+import lightning as L
+import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from .threads import ThreadPlan, describe
-from .train import build_data_and_module, quiet_third_party
+from attn.models.flops import encoder_forward_flops, train_flops
+
+from .errors import ConfigError
+from .machine import cpu_has_bf16, cpu_name
+from .run import build_data_and_module, quiet_third_party
+from .threads import ThreadPlan, apply_torch, describe, thread_plan
 
 
 def _sync(device: Any) -> None:
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda":
         torch.cuda.synchronize()
 
 
 def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 7, device: str = "cpu") -> float:
     """Median FLOP/s of an ``n x n`` by ``n x n`` product (``2 n^3`` FLOPs) after one warm-up."""
-    import torch
-
     dt = getattr(torch, dtype)
     a = torch.randn(n, n, device=device).to(dt)
     b = torch.randn(n, n, device=device).to(dt)
@@ -53,40 +56,18 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 7, device:
 
 
 def forward_flops_per_sequence(model: DictConfig, attention: DictConfig, length: int) -> float:
-    """Forward FLOPs of one sequence of ``length`` positions through the encoder blocks.
-
-    Per block, with width ``d``, heads ``h``, head width ``k = d / h``, key/value width ``d_kv``,
-    MLP ratio ``r`` and sequence length ``L`` (a multiply-add counts 2):
-
-    * projections: ``2 L d (d + 2 d_kv)`` (fused QKV) + ``2 L d^2`` (output)
-    * MLP: ``4 r L d^2``
-    * attention, by kind: dot-product kinds (``dot``, ``scaled_dot``, ``general``, ``local``,
-      ``sigmoid``) ``4 L^2 d`` (scores and weighted sum; ``general`` adds ``2 L d k``; ``local``
-      is computed densely, so it is counted densely); ``additive`` ``4 L d A + 3 L^2 h A + 2 L^2 d``
-      (``A`` the tanh width, default ``k``); ``linear`` ``4 L d k + 4 L d``.
-
-    Embedding lookups, normalisation, pooling and the classifier head are left out (under 1%).
-    """
-    d, h, r = model.d_model, model.n_heads, model.mlp_ratio
-    k = d // h
-    d_kv = (model.n_kv_heads or h) * k
-    n = length
-    proj = 2 * n * d * (d + 2 * d_kv) + 2 * n * d * d
-    mlp = 4 * r * n * d * d
-    kind = attention.kind
-    if kind == "additive":
-        a = attention.params.get("hidden") or k
-        attn = 4 * n * d * a + 3 * n * n * h * a + 2 * n * n * d
-    elif kind == "linear":
-        attn = 4 * n * d * k + 4 * n * d
-    else:
-        attn = 4 * n * n * d + (2 * n * d * k if kind == "general" else 0)
-    return model.n_layers * (proj + mlp + attn)
+    """Forward FLOPs of one sequence through the configured encoder blocks
+    (:func:`attn.models.flops.encoder_forward_flops`, where the count is documented)."""
+    return encoder_forward_flops(
+        d_model=model.d_model, n_layers=model.n_layers, n_heads=model.n_heads, mlp_ratio=model.mlp_ratio,
+        length=length, kind=attention.kind, n_kv_heads=model.n_kv_heads,
+        hidden=attention.params.get("hidden"),
+    )  # fmt: skip
 
 
 def train_flops_per_step(cfg: DictConfig, batch: int, length: int) -> float:
     """Training FLOPs of one step: three times the forward pass (forward + backward)."""
-    return 3 * batch * forward_flops_per_sequence(cfg.model, cfg.attention, length)
+    return train_flops(forward_flops_per_sequence(cfg.model, cfg.attention, length), batch)
 
 
 def _batches(dm: Any) -> Any:
@@ -97,10 +78,6 @@ def _batches(dm: Any) -> Any:
 
 def plain_loop(cfg: DictConfig, steps: int, warmup: int, device: str = "cpu") -> dict[str, float]:
     """Median per-step times of a hand-written loop: data, forward, backward, optimizer, total."""
-    import lightning as L
-    import torch
-    import torch.nn.functional as F
-
     L.seed_everything(cfg.seed, verbose=False)
     dm, module = build_data_and_module(cfg)
     net = module.net.to(device).train()
@@ -136,8 +113,6 @@ def plain_loop(cfg: DictConfig, steps: int, warmup: int, device: str = "cpu") ->
 
 def lightning_loop(cfg: DictConfig, steps: int, warmup: int) -> dict[str, float]:
     """Median step time (batch start to batch start, data included) of the same training in Lightning."""
-    import lightning as L
-
     L.seed_everything(cfg.seed, verbose=False)
     dm, module = build_data_and_module(cfg)
     starts: list[float] = []
@@ -172,17 +147,11 @@ def bench(
 ) -> dict[str, Any]:
     """Every measurement of ``attn bench`` as one JSON-ready dictionary.
 
-    ``threads``: the plan made before torch was imported (see :mod:`attn.cli.threads`).
+    ``threads``: the plan made before torch was imported (see :mod:`attn.runner.threads`).
     """
-    import torch
-
-    from .schema import ConfigError, cpu_has_bf16, cpu_name
-    from .threads import apply_torch
-    from .threads import plan as plan_threads
-
     quiet_third_party()
 
-    threads = threads or plan_threads(cfg)
+    threads = threads or thread_plan(cfg)
     apply_torch(threads)
 
     target = str(cfg.task.module._target_)
@@ -245,10 +214,10 @@ def bench(
     return result
 
 
-def finite_numbers(obj: Any) -> list[float]:
-    """Every number in a nested result (the CI check: all finite and positive)."""
+def numbers(obj: Any) -> list[float]:
+    """Every number in a nested result, finite or not (what :func:`check` checks)."""
     if isinstance(obj, dict):
-        return [x for v in obj.values() for x in finite_numbers(v)]
+        return [x for v in obj.values() for x in numbers(v)]
     if isinstance(obj, bool):
         return []
     if isinstance(obj, int | float):
@@ -289,6 +258,6 @@ def table(result: dict[str, Any]) -> str:
 
 def check(result: dict[str, Any]) -> None:
     """Raise if any number in the result is not finite and positive."""
-    bad = [x for x in finite_numbers(result) if not (math.isfinite(x) and x > 0)]
+    bad = [x for x in numbers(result) if not (math.isfinite(x) and x > 0)]
     if bad:
         raise ValueError(f"attn bench produced non-finite or non-positive numbers: {bad[:5]}")

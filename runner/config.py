@@ -1,28 +1,19 @@
 """Compose the run configuration from the packaged ``conf/`` with Hydra's compose API.
 
 Composition errors become one-line :class:`ConfigError` messages that name the bad value and the
-valid choices; :func:`load` also runs the typed checks of :mod:`attn.cli.schema`.
+valid choices; :func:`load` also runs the typed checks of :mod:`attn.runner.schema`.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .schema import ConfigError, validate
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = (
-    "task", "model", "attention", "softmax", "optim", "trainer", "precision", "logger", "experiment", "debug",
-)  # fmt: skip
-
-
-def group_options(group: str) -> list[str]:
-    """The option names of a config group (the YAML files in ``conf/<group>/``)."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+from .errors import ConfigError
+from .paths import CONF_DIR, GROUPS, group_options
+from .schema import validate
 
 
 def _compose_raw(overrides: list[str]) -> DictConfig:
@@ -130,7 +121,7 @@ def load(overrides: list[str], before_validate: Callable[[DictConfig], object] |
     """Compose, resolve and validate the config for ``overrides``.
 
     ``before_validate`` sees the resolved config before validation, which imports torch: the place
-    to decide what must be settled before that (the thread settings, :mod:`attn.cli.threads`).
+    to decide what must be settled before that (the thread settings, :mod:`attn.runner.threads`).
     """
     from omegaconf.errors import OmegaConfBaseException
 

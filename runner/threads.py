@@ -3,7 +3,7 @@
 attn shares its machine: a laptop with other work, a SLURM node whose allocation is smaller than the
 machine, a sweep running trials side by side, DDP ranks on one host. Torch's defaults (one intra-op
 thread per core of the whole machine, OpenMP threads that spin while they wait) make every such
-neighbour slow down both. :func:`plan` decides instead, from what the process may really use:
+neighbour slow down both. :func:`thread_plan` decides instead, from what the process may really use:
 
 * the CPUs it may run on: the smallest of ``os.sched_getaffinity``, the cgroup CPU quota
   (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), ``SLURM_CPUS_PER_TASK`` (or the job's CPUs on the node
@@ -33,11 +33,14 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-# The CPUs a sweep gives one trial (set by ``attn sweep`` in the trial's environment).
-CPUS_ENV = "ATTN_CPUS"
+from attn.models.flops import encoder_forward_flops, train_flops
+
+from .errors import ConfigError
+from .machine import cpu_limits, env_int, visible_gpus
+from .schema import parse_threads
+
 # attn marks the OpenMP variables it set itself, so that its child processes (DDP ranks) do not
 # take them for the user's own.
 MARK = "ATTN_SET_"
@@ -45,12 +48,11 @@ MARK = "ATTN_SET_"
 FLOPS_PER_THREAD = 5e7
 # libgomp's spin before a waiting thread sleeps (see the module docstring).
 SPIN_COUNT = 2000
-THREADS_CHOICES = "'auto', 'torch' or an integer >= 1"
 
 
 @dataclass
 class ThreadPlan:
-    """What :func:`plan` decided for this process, and why (recorded in ``results.json``)."""
+    """What :func:`thread_plan` decided for this process, and why (recorded in ``results.json``)."""
 
     mode: str  # auto | threads | OMP_NUM_THREADS | torch
     threads: int | None  # torch intra-op threads; None = torch's default (mode torch)
@@ -66,108 +68,6 @@ class ThreadPlan:
         return asdict(self)
 
 
-def parse_threads(value: Any) -> str | int:
-    """``threads`` from the config: ``'auto'``, ``'torch'`` or an int >= 1; ``ValueError`` otherwise."""
-    if isinstance(value, str) and value.strip() in ("auto", "torch"):
-        return value.strip()
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise ValueError(f"threads={value!r} is invalid: must be {THREADS_CHOICES}")
-
-
-def _int_env(env: Mapping[str, str], key: str) -> int | None:
-    try:
-        value = int(env.get(key, "").split("(")[0].split(",")[0])
-    except ValueError:
-        return None
-    return value if value >= 1 else None
-
-
-def cgroup_cpus(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int | None:
-    """The CPU quota of this process's cgroup (and its parents) in whole CPUs; None without one."""
-    try:
-        lines = Path(self_cgroup).read_text().splitlines()
-    except OSError:
-        return None
-    quotas: list[float] = []
-    for line in lines:
-        _, controllers, path = [*line.split(":", 2), "", ""][:3]
-        rel = path.strip("/")
-        if controllers == "":  # cgroup v2: <root>/<path>/cpu.max = "<quota|max> <period>"
-            for d in _parents(Path(root), rel):
-                parts = _read(d / "cpu.max").split()
-                if len(parts) == 2 and parts[0] != "max" and _positive(parts[0]) and _positive(parts[1]):
-                    quotas.append(int(parts[0]) / int(parts[1]))
-        elif "cpu" in controllers.split(","):  # v1: cpu.cfs_quota_us / cpu.cfs_period_us (-1 = none)
-            for mount in {controllers, "cpu", "cpu,cpuacct"}:
-                for d in _parents(Path(root) / mount, rel):
-                    quota, period = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
-                    if _positive(quota) and _positive(period):
-                        quotas.append(int(quota) / int(period))
-    return max(1, math.floor(min(quotas))) if quotas else None
-
-
-def _parents(base: Path, rel: str) -> list[Path]:
-    parts = [p for p in rel.split("/") if p]
-    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _positive(text: str) -> bool:
-    return text.isdigit() and int(text) > 0
-
-
-def cpu_limits(env: Mapping[str, str] | None = None, cgroup: int | bool | None = True) -> dict[str, int]:
-    """Every limit on the CPUs this process may use, by source (``affinity``, ``cgroup``, ...).
-
-    ``cgroup=True`` reads the cgroup quota; tests pass a number (or None) instead.
-    """
-    env = os.environ if env is None else env
-    limits: dict[str, int] = {}
-    try:
-        limits["affinity"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        limits["affinity"] = os.cpu_count() or 1
-    quota = cgroup_cpus() if cgroup is True else cgroup
-    if quota:
-        limits["cgroup"] = int(quota)
-    if "SLURM_JOB_ID" in env:  # per task: its own CPUs, or the job's CPUs here shared by its tasks here
-        tasks = slurm_tasks_per_node(env)
-        per_task = _int_env(env, "SLURM_CPUS_PER_TASK")
-        on_node = _int_env(env, "SLURM_CPUS_ON_NODE") or (limits["affinity"] if tasks > 1 else None)
-        if per_task is None and on_node:
-            per_task = max(1, on_node // tasks)
-        if per_task:
-            limits["slurm"] = per_task
-    share = _int_env(env, CPUS_ENV)
-    if share:
-        limits["sweep"] = share
-    return limits
-
-
-def slurm_tasks_per_node(env: Mapping[str, str]) -> int:
-    """The tasks of this SLURM job step on this node (1 outside SLURM)."""
-    for key in ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
-        tasks = _int_env(env, key)
-        if tasks:
-            return tasks
-    tasks, nodes = _int_env(env, "SLURM_NTASKS") or 1, _int_env(env, "SLURM_NNODES") or 1
-    return max(1, math.ceil(tasks / nodes))
-
-
-def available_cpus(env: Mapping[str, str] | None = None) -> int:
-    """The CPUs this process may really use (the smallest of :func:`cpu_limits`)."""
-    return min(cpu_limits(env).values())
-
-
 def _get(cfg: Any, path: str, default: Any = None) -> Any:
     node = cfg
     for key in path.split("."):
@@ -180,19 +80,12 @@ def _get(cfg: Any, path: str, default: Any = None) -> Any:
     return node
 
 
-def _visible_gpus(env: Mapping[str, str]) -> int:
-    visible = env.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return len(list(Path("/dev").glob("nvidia[0-9]*")))
-
-
 def local_ranks(cfg: Any, env: Mapping[str, str]) -> int:
     """How many processes of this job run on this host and share its CPUs."""
-    torchrun = _int_env(env, "LOCAL_WORLD_SIZE")
+    torchrun = env_int(env, "LOCAL_WORLD_SIZE")
     if torchrun:
         return torchrun
-    if "SLURM_JOB_ID" in env and (_int_env(env, "SLURM_NTASKS") or 1) > 1:
+    if "SLURM_JOB_ID" in env and (env_int(env, "SLURM_NTASKS") or 1) > 1:
         return 1  # each SLURM task is one rank, and cpu_limits gives each its own CPUs
     if "ddp" not in str(_get(cfg, "trainer.strategy", "auto")):
         return 1
@@ -203,7 +96,7 @@ def local_ranks(cfg: Any, env: Mapping[str, str]) -> int:
         return max(1, len(devices))
     accelerator = str(_get(cfg, "trainer.accelerator", "cpu"))
     if accelerator in ("gpu", "cuda", "auto"):  # devices=auto/-1: every visible GPU, else one CPU process
-        return max(1, _visible_gpus(env))
+        return max(1, visible_gpus(env))
     return 1
 
 
@@ -213,14 +106,19 @@ def step_flops(cfg: Any) -> float | None:
     The encoder's count of ``attn bench`` on ``task.datamodule``'s batch size and length; a decoder
     or a speech front end is not counted. The config is not validated yet: what does not fit gives None.
     """
-    from .bench import train_flops_per_step
-
     batch = _get(cfg, "task.datamodule.batch_size")
     length = _get(cfg, "task.datamodule.max_len") or _get(cfg, "model.max_len")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (batch, length)):
         return None
     try:
-        flops = float(train_flops_per_step(cfg, batch, length))
+        params = _get(cfg, "attention.params", {}) or {}
+        forward = encoder_forward_flops(
+            d_model=_get(cfg, "model.d_model"), n_layers=_get(cfg, "model.n_layers"),
+            n_heads=_get(cfg, "model.n_heads"), mlp_ratio=_get(cfg, "model.mlp_ratio"), length=length,
+            kind=str(_get(cfg, "attention.kind", "scaled_dot")), n_kv_heads=_get(cfg, "model.n_kv_heads"),
+            hidden=params.get("hidden"),
+        )  # fmt: skip
+        flops = train_flops(forward, batch)
     except Exception:  # a value validation will reject (e.g. model.d_model=abc)
         return None
     return flops if math.isfinite(flops) and flops > 0 else None
@@ -234,7 +132,9 @@ def _users(env: Mapping[str, str], key: str) -> str | None:
     return value
 
 
-def plan(cfg: Any, env: Mapping[str, str] | None = None, cgroup: int | bool | None = True) -> ThreadPlan:
+def thread_plan(
+    cfg: Any, env: Mapping[str, str] | None = None, cgroup: int | bool | None = True
+) -> ThreadPlan:
     """The thread settings for a process that runs ``cfg`` (see the module docstring)."""
     env = os.environ if env is None else env
     choice = parse_threads(_get(cfg, "threads", "auto"))
@@ -267,10 +167,8 @@ def prepare(cfg: Any) -> ThreadPlan:
 
     Raises the config's one-line error for a bad ``threads`` value.
     """
-    from .schema import ConfigError
-
     try:
-        return apply_env(plan(cfg))
+        return apply_env(thread_plan(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

@@ -1,0 +1,78 @@
+"""What the commands print: the run summary, the sweep's grid, the report's tables (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import typer
+
+from attn.runner.stats import is_counter
+
+
+def metric_text(key: str, value: object) -> str:
+    """A metric's value as printed: counters as integers, other floats with 4 decimals."""
+    if isinstance(value, float) and is_counter(key) and value.is_integer():
+        return str(int(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(record: Mapping[str, Any]) -> None:
+    """The metrics table of a finished ``attn train`` and its run directory."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"attn train: {record['status']}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(record["metrics"].items()):
+        table.add_row(key, metric_text(key, value))
+    console = Console(stderr=False)
+    console.print(table)
+    # Paths are never wrapped or marked up, so that they can be copied from the terminal.
+    console.print(
+        f"run dir: {record['run_dir']}  ({record['duration_s']:.1f} s)", soft_wrap=True, markup=False
+    )
+
+
+def print_grid(manifest: Any, skipped: list[str]) -> None:
+    """``attn sweep --dry-run``: the grid, the launcher and every trial's overrides."""
+    grid = ", ".join(f"{k} ({len(v)})" for k, v in manifest.grid.items())
+    typer.echo(f"sweep {manifest.name}: {len(manifest.trials)} trials over {grid}")
+    typer.echo(f"launcher {manifest.launcher}, n_jobs {manifest.n_jobs}")
+    if manifest.launcher_overrides:
+        typer.echo(f"launcher settings: {' '.join(manifest.launcher_overrides)}")
+    for t in manifest.trials:
+        typer.echo(f"  {t.id}  {' '.join(t.overrides)}")
+    for s in skipped:
+        typer.echo(f"  skipped  {s}")
+
+
+def print_report(rep: Any, group_by: tuple[str, ...]) -> None:
+    """``attn report``'s tables and verdicts per task, warnings, and the runs that did not complete."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from attn.runner.aggregate import split_metrics
+    from attn.runner.report import mixed_origins, table_rows, task_lines
+
+    console = Console()
+    for split, groups in rep.groups.items():
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
+        rows = table_rows(groups, group_by, split_metrics(groups)[:1], own)
+        table = Table(title=f"task: {split}")
+        for h in rows[0]:
+            table.add_column(h)
+        for g, cells in zip(groups, rows[1:], strict=True):
+            table.add_row(*cells, style="bold green" if g.best else ("green" if g.tied else None))
+        console.print(table)
+        for line in task_lines(rep, split):
+            console.print(line, markup=False, style="bold" if line.startswith("Verdict") else None)
+    for warning in mixed_origins(rep.groups):
+        console.print(warning, markup=False, style="bold yellow", soft_wrap=True)
+    counts: dict[str, int] = {}
+    for r in rep.runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    console.print(f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    for r in rep.problems:
+        console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False, soft_wrap=True)

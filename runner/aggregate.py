@@ -1,0 +1,263 @@
+"""Aggregating runs for the report: completed runs grouped per task and configuration, pooled over seeds
+only when their configs are otherwise equal (``NEUTRAL_KEYS`` aside: a key that differs inside a group
+becomes a column of its own), every metric summarised (:class:`attn.runner.stats.Stat`) and ranked: per
+task and metric, the group with the best mean is compared with every other group of two or more seeds
+(Welch's t-test, Holm-corrected); it is marked best only when some group differs from it and not every
+group is at chance level, and each task gets a one-line verdict that says so plainly."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .collect import ALIASES, Run
+from .stats import (
+    ALPHA,
+    CHANCE,
+    Stat,
+    holm,
+    is_counter,
+    is_descriptive,
+    lower_is_better,
+    metric_range,
+    resolution,
+    welch_p,
+)
+
+DEFAULT_GROUP_BY = ("attention", "softmax", "temperature")
+# Config keys (and key prefixes) that cannot change a run's result: runs differing only in these and
+# the seed are pooled. Any other key that differs between the runs of a group splits the group.
+NEUTRAL_KEYS = (
+    "name", "seed", "runs_root", "threads", "logger", "trainer.enable_progress_bar",
+    "trainer.enable_model_summary", "trainer.log_every_n_steps",
+)  # fmt: skip
+
+
+@dataclass
+class Rank:
+    """Where a group stands on one metric among its task's groups."""
+
+    best: bool = False
+    tied: bool = False  # not distinguishable from the best (Holm-corrected Welch p >= ALPHA)
+    p: float | None = None  # Welch's p against the best, uncorrected
+    p_holm: float | None = None
+    at_chance: bool | None = None  # the interval reaches the task's chance level
+
+
+@dataclass
+class Group:
+    """One configuration of one task, aggregated over its completed runs."""
+
+    split: str
+    key: tuple[Any, ...]  # the --group-by values, then the values of the task's split keys
+    runs: list[Run]
+    stats: dict[str, Stat]
+    duration: float | None
+    ranks: dict[str, Rank] = field(default_factory=dict)
+    metric: str = ""  # the metric that ranks this task's groups
+    chance: float | None = None  # the task's chance level of ``metric`` (accuracy only)
+
+    def rank(self, metric: str | None = None) -> Rank:
+        return self.ranks.get(metric or self.metric) or Rank()
+
+    @property
+    def best(self) -> bool:
+        return self.rank().best
+
+    @property
+    def tied(self) -> bool:
+        return self.rank().tied
+
+    @property
+    def p_value(self) -> float | None:
+        return self.rank().p
+
+
+@dataclass
+class Verdict:
+    """A task's one-line answer and the keys its runs were split on."""
+
+    text: str
+    split_keys: list[str]
+    comparisons: int = 0
+
+
+# A task without the chosen metric is ranked by the first of these it has (translation: BLEU).
+PRIMARY_METRICS = ("test/acc", "test/bleu")
+
+
+def ranking_metric(present: set[str], metric: str) -> str:
+    """``metric`` if the task logs it, else the task's primary metric (``PRIMARY_METRICS``)."""
+    if metric in present:
+        return metric
+    return next((m for m in PRIMARY_METRICS if m in present), metric)
+
+
+def split_metrics(groups: list[Group]) -> list[str]:
+    """One task's metric columns: its ranking metric first, then its other test metrics."""
+    present = sorted({m for g in groups for m in g.stats if m.startswith("test/") and m != CHANCE})
+    ranking = groups[0].metric if groups else ""
+    return [ranking, *[m for m in present if m != ranking]] if ranking else present
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node, sort_keys=True, default=str)}
+
+
+def _neutral(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_KEYS)
+
+
+def split_keys(runs: list[Run], group_by: tuple[str, ...]) -> list[str]:
+    """Config keys (besides ``group_by`` and ``NEUTRAL_KEYS``) that differ between runs that
+    ``group_by`` alone would pool: epochs, model size, a debug preset, ...
+
+    A key that equals the run's seed in every run (``task.datamodule.seed: ${seed}``) follows the
+    seed and is pooled with it.
+    """
+    grouped = {ALIASES.get(g, g) for g in group_by}
+    flats = [
+        {
+            k: v
+            for k, v in _flat(r.config).items()
+            if not _neutral(k) and not any(k == g or k.startswith(g + ".") for g in grouped)
+        }
+        for r in runs
+    ]
+    seeds = [json.dumps(r.get("seed")) for r in runs]
+    keys = set().union(*flats)
+    follows_seed = {k for k in keys if all(f.get(k) == s for f, s in zip(flats, seeds, strict=True))}
+    buckets: dict[tuple, list[dict[str, str]]] = {}
+    for r, flat in zip(runs, flats, strict=True):
+        buckets.setdefault(tuple(_value(r, g) for g in group_by), []).append(flat)
+    varying = {
+        key
+        for fs in buckets.values()
+        for key in keys - follows_seed
+        if len({f.get(key, "<absent>") for f in fs}) > 1
+    }
+    return sorted(varying)
+
+
+def _value(run: Run, key: str) -> Any:
+    value = run.get(key)
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
+
+
+def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int]:
+    """Mark best/tied groups on ``metric`` (see the module docstring); the verdict and the number of
+    comparisons made."""
+    for g in groups:
+        g.ranks[metric] = Rank()
+    if is_counter(metric):
+        return f"{metric} counts things; it is not ranked", 0
+    if is_descriptive(metric):
+        return f"{metric} describes the attention, it is neither better nor worse; it is not ranked", 0
+    scored = [g for g in groups if metric in g.stats]
+    eligible = [g for g in scored if g.stats[metric].n >= 2]
+    chance = (
+        next((g.chance for g in scored if g.chance is not None), None)
+        if metric.split("@")[0] == "test/acc"
+        else None
+    )
+    if chance is not None:
+        for g in eligible:
+            g.ranks[metric].at_chance = g.stats[metric].ci[0] <= chance
+    if not eligible:
+        return f"no group has 2 or more seeds of {metric}: nothing is ranked", 0
+    sign = -1 if lower_is_better(metric) else 1
+    top = max(eligible, key=lambda g: sign * g.stats[metric].mean)
+    others = [g for g in eligible if g is not top]
+    raw = [welch_p(top.stats[metric], g.stats[metric], floor) for g in others]
+    adjusted = holm(raw)
+    for g, p, q in zip(others, raw, adjusted, strict=True):
+        r = g.ranks[metric]
+        r.p, r.p_holm = (None if math.isnan(p) else p), (None if math.isnan(q) else q)
+        r.tied = r.p_holm is not None and r.p_holm >= ALPHA
+    label = " / ".join(map(str, top.key))
+    where = f"{metric} {top.stats[metric].mean:.4f}"
+    if chance is not None and all(g.ranks[metric].at_chance for g in eligible):
+        return (
+            f"every group is at chance level ({metric} {chance:.4f}; no 95% interval lies above it):"
+            " nothing was learned, so nothing is ranked",
+            len(others),
+        )
+    if not others:
+        return f"one group has 2 or more seeds ({label}, {where}): nothing to compare it with", 0
+    differ = [g for g in others if g.ranks[metric].p_holm is not None and g.ranks[metric].p_holm < ALPHA]
+    test = f"Welch's t-test, Holm-corrected over {len(others)} comparison(s), α = {ALPHA}"
+    if not differ:
+        return (
+            f"no group differs from the one with the best mean ({label}, {where}; {test}): nothing is ranked",
+            len(others),
+        )
+    top.ranks[metric].best = True
+    tied = sum(g.ranks[metric].tied for g in others)
+    untestable = len(others) - len(differ) - tied
+    extra = f", {untestable} untestable (no spread)" if untestable else ""
+    return (
+        f"best: {label} ({where}); {len(differ)} of {len(others)} other group(s) differ from it,"
+        f" {tied} indistinguishable{extra} ({test})",
+        len(others),
+    )
+
+
+def aggregate(
+    runs: list[Run], metric: str, group_by: tuple[str, ...] = DEFAULT_GROUP_BY, split_by: str = "task"
+) -> dict[str, list[Group]]:
+    """Completed runs grouped per split (task) and configuration, every metric ranked (the verdict
+    lines come from :func:`aggregate_with_verdicts`)."""
+    return aggregate_with_verdicts(runs, metric, group_by, split_by)[0]
+
+
+def aggregate_with_verdicts(
+    runs: list[Run], metric: str, group_by: tuple[str, ...] = DEFAULT_GROUP_BY, split_by: str = "task"
+) -> tuple[dict[str, list[Group]], dict[str, Verdict]]:
+    """:func:`aggregate`, plus each split's verdict on its ranking metric and the keys it split on."""
+    per_split: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.status == "completed":
+            per_split.setdefault(str(run.get(split_by)), []).append(run)
+    out: dict[str, list[Group]] = {}
+    verdicts: dict[str, Verdict] = {}
+    for split, members in sorted(per_split.items()):
+        extra = [k for k in split_keys(members, group_by) if k != ALIASES.get(split_by, split_by)]
+        buckets: dict[tuple, list[Run]] = {}
+        for run in members:
+            key = tuple(_value(run, k) for k in (*group_by, *extra))
+            buckets.setdefault(key, []).append(run)
+        rows = []
+        for key, group_runs in buckets.items():
+            names = sorted({m for r in group_runs for m in r.metrics})
+            stats = {
+                m: Stat([r.metrics[m] for r in group_runs if m in r.metrics], metric_range(m)) for m in names
+            }
+            durations = [r.duration_s for r in group_runs if r.duration_s is not None]
+            chance = stats[CHANCE].mean if CHANCE in stats else None
+            rows.append(
+                Group(split, key, group_runs, stats,
+                      sum(durations) / len(durations) if durations else None, chance=chance)
+            )  # fmt: skip
+        rows.sort(key=lambda g: tuple(_sortable(k) for k in g.key))
+        ranked_by = ranking_metric({m for g in rows for m in g.stats}, metric)
+        text, k = "", 0
+        for m in sorted({m for g in rows for m in g.stats}):
+            line, n = rank(rows, m, resolution(m, [r.metrics.get("test/examples") for r in members]))
+            if m == ranked_by:
+                text, k = line, n
+        for g in rows:
+            g.metric = ranked_by
+        verdicts[split] = Verdict(text, extra, k)
+        out[split] = rows
+    return out, verdicts
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int | float) else (1, str(value))

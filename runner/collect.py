@@ -1,0 +1,163 @@
+"""Reading runs for the report: every run record under a directory (and the sweep trials that never wrote
+one), or a W&B project through its public API, as :class:`Run` s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .records import RESULTS, Record, load_manifest, read_record, trial_dir
+
+# Short names for config keys (``--group-by attention``).
+ALIASES = {
+    "attention": "attention.kind",
+    "softmax": "softmax.name",
+    "temperature": "softmax.temperature",
+    "task": "task.name",
+    "model": "model.d_model",
+}
+
+
+@dataclass
+class Run:
+    """One run as the report sees it."""
+
+    run_dir: str
+    status: str  # completed | failed | interrupted | missing | corrupt | no record
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    duration_s: float | None = None
+    error: str | None = None
+    origin: dict[str, str] = field(default_factory=dict)  # code version, libraries, device, host
+    best_checkpoint: str | None = None  # as recorded (the run directory may have moved since)
+
+    def get(self, path: str) -> Any:
+        """A config value by dotted path (aliases allowed); ``None`` when absent."""
+        node: Any = self.config
+        for part in ALIASES.get(path, path).split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+def origin(record: Record) -> dict[str, str]:
+    """What produced a record, as short strings: ``code`` (attn version, git commit, dirty diff hash),
+    ``torch``, ``lightning``, ``device`` (name, precision) and ``host``; unknown parts are absent."""
+    prov = record.extra.get("provenance") if isinstance(record.extra.get("provenance"), dict) else {}
+    device = record.extra.get("device") if isinstance(record.extra.get("device"), dict) else {}
+    libs = prov.get("libraries") if isinstance(prov.get("libraries"), dict) else {}
+    git = prov.get("git") if isinstance(prov.get("git"), dict) else {}
+    out: dict[str, str] = {}
+    if prov.get("attn") or git:
+        code = str(prov.get("attn") or "?")
+        if git.get("commit"):
+            code += f" @ {str(git['commit'])[:10]}"
+            if git.get("dirty"):
+                code += f" + diff {str(git.get('diff_sha1') or '?')[:8]}"
+        out["code"] = code
+    for lib in ("torch", "lightning"):
+        if libs.get(lib):
+            out[lib] = str(libs[lib])
+    if device.get("name") or device.get("device"):
+        out["device"] = f"{device.get('name') or device.get('device')} ({device.get('precision', '?')})"
+    if prov.get("host"):
+        out["host"] = str(prov["host"])
+    return out
+
+
+def _run(path: Path) -> Run:
+    """The run of one ``results.json``; a damaged one is a ``corrupt`` run naming the file."""
+    try:
+        record = read_record(path)
+    except ValueError as e:
+        return Run(str(path.parent.resolve()), "corrupt", error=str(e))
+    return Run(
+        run_dir=str(path.parent.resolve()),
+        status=record.status,
+        config=record.config,
+        metrics=record.metrics,
+        duration_s=record.duration_s,
+        error=record.error,
+        origin=origin(record),
+        best_checkpoint=record.best_checkpoint,
+    )
+
+
+def collect(root: str | Path) -> list[Run]:
+    """Every run under ``root``: its ``results.json`` files and the sweep trials that never wrote one.
+
+    Directories of set-aside attempts (``attempts/``) are superseded by their re-runs and skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such directory")
+    runs: dict[str, Run] = {}
+    for path in sorted(root.rglob(RESULTS)):
+        if "attempts" in path.relative_to(root).parts:
+            continue
+        run = _run(path)
+        runs[run.run_dir] = run
+    # A run killed before its first record still has the config.yaml written when it started.
+    for path in sorted(root.rglob("config.yaml")):
+        parts = path.relative_to(root).parts
+        run_dir = str(path.parent.resolve())
+        if "attempts" in parts or ".hydra" in parts or run_dir in runs:
+            continue
+        if (path.parent / "checkpoints").is_dir() or (path.parent / "csv").is_dir():
+            runs[run_dir] = Run(run_dir, "no record", error="no results.json (killed before it was written?)")
+    for manifest_path in sorted(root.rglob("sweep.json")):
+        try:
+            manifest = load_manifest(manifest_path, strict=False)
+        except ConfigError as e:
+            runs[str(manifest_path)] = Run(str(manifest_path.parent), "corrupt", error=str(e))
+            continue
+        for problem in manifest.problems:
+            where = f"{manifest_path}: {problem}"
+            runs[where] = Run(where, "corrupt", error=where)
+        for t in manifest.trials:
+            run_dir = str(trial_dir(manifest_path.parent, t.run_dir).resolve())
+            if run_dir not in runs or runs[run_dir].status == "no record":
+                runs[run_dir] = Run(run_dir, "missing", error=t.error or "no results.json")
+    return list(runs.values())
+
+
+def collect_wandb(path: str, group: str | None, api: Any = None) -> list[Run]:
+    """Runs of the W&B project ``entity/project`` (optionally one group) through the public API."""
+    if api is None:
+        import wandb
+
+        try:
+            api = wandb.Api(timeout=20)
+        except Exception as e:  # no credentials, no network
+            raise ConfigError(f"cannot reach W&B for {path}: {str(e).splitlines()[0]}") from e
+    filters = {"group": group} if group else {}
+    try:
+        found = list(api.runs(path, filters=filters))
+    except Exception as e:
+        raise ConfigError(f"cannot read W&B runs of {path}: {str(e).splitlines()[0]}") from e
+    runs = []
+    for r in found:
+        config = _unflatten({k: v for k, v in dict(r.config).items() if not k.startswith("_")})
+        summary = dict(r.summary)
+        metrics = {k: float(v) for k, v in summary.items() if "/" in k and isinstance(v, int | float)}
+        status = (
+            "completed"
+            if r.state == "finished"
+            else ("failed" if r.state in ("crashed", "failed") else r.state)
+        )
+        runs.append(Run(f"wandb:{path}/{r.id}", status, config, metrics, summary.get("_runtime")))
+    return runs
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out

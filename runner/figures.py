@@ -1,0 +1,218 @@
+"""What the report draws: the numbers of each figure, taken from the aggregated groups (and the runs'
+metric histories and best checkpoints), handed to :mod:`attn.runner.plots`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attn.datamodules.vocab import Vocabulary
+from attn.models.diagnostics import attention_maps
+
+from . import plots
+from .aggregate import Group
+from .collect import Run
+from .records import read_metrics
+from .stats import Stat, lower_is_better
+
+
+def _index(group_by: tuple[str, ...], name: str) -> int | None:
+    return group_by.index(name) if name in group_by else None
+
+
+def _point(x: float, s: Stat) -> plots.Point:
+    """A mean with its 95% interval as error bars (none for a single seed)."""
+    lo, hi = s.ci if s.n > 1 else (s.mean, s.mean)
+    return (x, s.mean, s.mean - lo, hi - s.mean)
+
+
+def _chance(groups: list[Group]) -> float | None:
+    return next((g.chance for g in groups if g.chance is not None), None)
+
+
+def temperature_lines(
+    groups: list[Group], group_by: tuple[str, ...], metric: str
+) -> dict[str, list[plots.Point]]:
+    """``metric`` per numeric temperature, one line per other setting; empty when no line has two
+    temperatures (or the groups are not split by temperature)."""
+    ti = _index(group_by, "temperature")
+    if ti is None:
+        return {}
+    lines: dict[str, list[plots.Point]] = {}
+    for g in groups:
+        t, s = g.key[ti], g.stats.get(metric)
+        if s is None or not isinstance(t, int | float):
+            continue
+        label = " / ".join(str(k) for i, k in enumerate(g.key) if i != ti) or metric
+        lines.setdefault(label, []).append(_point(float(t), s))
+    return lines if any(len(points) > 1 for points in lines.values()) else {}
+
+
+def _at_lengths(groups: list[Group], pattern: str) -> dict[int, str]:
+    """``{length: metric}`` for the metrics named ``pattern`` with ``{L}`` a length (``test/acc@{L}``)."""
+    head, _, tail = pattern.partition("{L}")
+    found: dict[int, str] = {}
+    for g in groups:
+        for name in g.stats:
+            middle = name[len(head) : len(name) - len(tail)] if tail else name[len(head) :]
+            if name.startswith(head) and name.endswith(tail) and middle.isdigit():
+                found[int(middle)] = name
+    return found
+
+
+def length_panels(groups: list[Group], metric: str) -> list[tuple[str, dict[str, list[plots.Point]]]]:
+    """``metric`` at each ``task.eval_lengths`` length (``{metric}@{L}``), then the mean attention entropy
+    of each layer at each length: one line per group; empty when fewer than two lengths were tested."""
+    acc = _at_lengths(groups, metric + "@{L}")
+    if len(acc) < 2:
+        return []
+    layers = sorted(
+        {int(n.rsplit("/l", 1)[1]) for g in groups for n in g.stats if n.startswith("test/entropy@")}
+    )
+    named = [(metric, acc)] + [
+        (f"attention entropy, layer {layer} (nats)", _at_lengths(groups, f"test/entropy@{{L}}/l{layer}"))
+        for layer in layers
+    ]
+    panels = []
+    for ylabel, names in named:
+        lines = {}
+        for g in groups:
+            points = [_point(n, g.stats[m]) for n, m in sorted(names.items()) if m in g.stats]
+            if points:
+                lines[" / ".join(str(k) for k in g.key)] = points
+        panels.append((ylabel, lines))
+    return panels
+
+
+def _curve(run_dir: str, key: str) -> dict[int, float]:
+    """``{epoch: value}`` of ``key`` in a run's metric history."""
+    out: dict[int, float] = {}
+    for row in read_metrics(run_dir):
+        if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
+            out[int(float(row["epoch"]))] = float(row[key])
+    return out
+
+
+def learning_curves(
+    groups: list[Group], group_by: tuple[str, ...], metric: str
+) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """The task's monitored validation metric (``task.monitor``, e.g. ``val/acc``) per epoch, mean over
+    seeds, for the best group (by ``metric``) of each attention kind; and the monitor's name."""
+    sign = -1 if lower_is_better(metric) else 1
+    ai = _index(group_by, "attention")
+    best: dict[Any, Group] = {}
+    for g in groups:
+        kind = g.key[ai] if ai is not None else "all"
+        s = g.stats.get(metric)
+        if s is not None and (kind not in best or sign * s.mean > sign * best[kind].stats[metric].mean):
+            best[kind] = g
+    curves: dict[str, list[tuple[int, float]]] = {}
+    monitor = "val/acc"
+    for _, g in sorted(best.items(), key=lambda kv: str(kv[0])):
+        monitor = str((g.runs[0].config.get("task") or {}).get("monitor") or "val/acc")
+        found = [c for c in (_curve(r.run_dir, monitor) for r in g.runs) if c]
+        epochs = sorted(set.intersection(*(set(c) for c in found))) if found else []
+        if epochs:
+            curves[" / ".join(map(str, g.key))] = [
+                (e + 1, sum(c[e] for c in found) / len(found)) for e in epochs
+            ]
+    return curves, monitor
+
+
+def checkpoint(run: Run) -> str | None:
+    """The run's best checkpoint, if it is on disk (looked up in the run directory when the run was
+    moved or copied since the record was written)."""
+    ckpt = run.best_checkpoint
+    if not ckpt:
+        return None
+    here = Path(run.run_dir) / "checkpoints" / Path(ckpt).name
+    return str(here) if here.exists() else (ckpt if Path(ckpt).exists() else None)
+
+
+def _held_out_tokens(run: Run) -> list[str] | None:
+    """The first test example of a run's task, regenerated from its config (deterministic)."""
+    node = (run.config.get("task") or {}).get("datamodule")
+    if not isinstance(node, dict) or "_target_" not in node:
+        return None
+    from hydra.utils import instantiate
+
+    dm = instantiate(node)
+    dm.setup("test")
+    splits = getattr(dm, "splits", None) or {}
+    return list(splits["test"][0][0]) if splits.get("test") else None
+
+
+def heatmaps(groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str, out: Path) -> list[Path]:
+    """Per attention kind, the head-mean attention of every layer (and the pooling weights) of the
+    best run's best checkpoint on one fixed held-out example (token classifiers only)."""
+    sign = -1 if lower_is_better(metric) else 1
+    ai = _index(group_by, "attention")
+    best_run: dict[Any, Run] = {}
+    for gs in groups.values():
+        for g in gs:
+            kind = g.key[ai] if ai is not None else "all"
+            candidates = [
+                r
+                for r in g.runs
+                if r.metrics.get(metric) is not None
+                and checkpoint(r)
+                and (Path(r.run_dir) / "vocab.json").exists()
+            ]
+            if g.stats.get(metric) is None or not candidates:
+                continue
+            r = max(candidates, key=lambda r: sign * r.metrics[metric])
+            if kind not in best_run or sign * r.metrics[metric] > sign * best_run[kind].metrics[metric]:
+                best_run[kind] = r
+    tokens = _held_out_tokens(next(iter(best_run.values()))) if best_run else None
+    if not tokens:
+        return []
+    paths = []
+    for kind, run in sorted(best_run.items(), key=lambda kv: str(kv[0])):
+        ids = Vocabulary.load(str(Path(run.run_dir) / "vocab.json")).encode(tokens)
+        maps = attention_maps(checkpoint(run), ids)
+        layers = [None if bool(m.isnan().all()) else m.numpy() for m in maps[:-1]]
+        title = f"{kind} attention, T={run.get('temperature')}, {metric}={run.metrics[metric]:.4f}"
+        paths.append(
+            plots.attention_heatmap(layers, maps[-1].numpy(), tokens, title, out / f"attention_{kind}.png")
+        )
+    return paths
+
+
+def draw_all(
+    groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str, out: Path
+) -> dict[str, list[Path]]:
+    """Every figure of the report; ``{task: [paths], "": [heatmaps]}``."""
+    images: dict[str, list[Path]] = {}
+    for split, gs in groups.items():
+        slug = "".join(c if c.isalnum() else "_" for c in split)
+        m = gs[0].metric if gs and gs[0].metric else metric  # the task's ranking metric
+        chance = _chance(gs)
+        paths = []
+        lines = temperature_lines(gs, group_by, m)
+        if lines:
+            path = out / f"{slug}_{m.replace('/', '_')}_vs_T.png"
+            paths.append(plots.metric_vs_temperature(lines, m, chance, path, f"{split}: {m} vs temperature"))
+        ece = temperature_lines(gs, group_by, "test/ece") if m != "test/ece" else {}
+        if ece and any("test/ece" in g.stats for g in gs):
+            title = f"{split}: calibration error vs temperature"
+            paths.append(
+                plots.metric_vs_temperature(ece, "test/ece", chance, out / f"{slug}_ece_vs_T.png", title)
+            )
+        curves, monitor = learning_curves(gs, group_by, m)
+        if curves:
+            title = f"{split}: learning curves (best setting per kind)"
+            paths.append(
+                plots.learning_curves(curves, monitor, chance, out / f"{slug}_learning_curves.png", title)
+            )
+        base = m.split("@")[0]
+        panels = length_panels(gs, base)
+        if panels:
+            title = f"{split}: {base} and attention entropy vs evaluation length"
+            paths.append(plots.metric_vs_length(panels, base, chance, out / f"{slug}_vs_length.png", title))
+        images[split] = paths
+    try:
+        images[""] = heatmaps(groups, group_by, metric, out)
+    except Exception as e:  # a report without heatmaps beats no report
+        print(f"warning: attention heatmaps skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
+        images[""] = []
+    return images

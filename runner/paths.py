@@ -1,0 +1,59 @@
+"""Where things are: the config tree and its groups, run directories, and the environment variables
+attn's processes pass to each other. Standard library only: the bottom of the engine."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the packaged Hydra config tree
+# The config groups a user picks an option of (``group=option``), in the order ``--help`` lists them.
+GROUPS = (
+    "task", "model", "attention", "softmax", "precision", "optim", "trainer", "logger", "experiment", "debug",
+)  # fmt: skip
+RUN_DIR_ENV = "ATTN_RUN_DIR"  # a run's directory, given by a sweep to its trials and by a run to its ranks
+CPUS_ENV = "ATTN_CPUS"  # the CPUs a sweep gives one trial
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (the YAML files in ``conf/<group>/``); ``sweep`` lists the
+    sweep presets."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def short_name(name: str) -> str:
+    """``name`` made safe for a directory: letters, digits, ``.``, ``_`` and ``-``, at most 60 chars."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "run"
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 with time zone."""
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+
+
+def resolve_run_dir(runs_root: str, name: str) -> Path:
+    """The run directory: ``$ATTN_RUN_DIR`` if set; in a SLURM job ``<runs_root>/slurm-<job id>-<name>``;
+    else ``<runs_root>/<timestamp>-<name>``.
+
+    The caller exports the chosen path as ``ATTN_RUN_DIR`` for the duration of the run, so that
+    processes the run starts (DDP ranks) resolve the same directory.
+    """
+    env = os.environ.get(RUN_DIR_ENV)
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if env:
+        path = Path(env)
+    elif slurm_job and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+        # Every task of a SLURM job (and the job after a requeue) must agree without talking.
+        array = os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = f"{slurm_job}_{array}" if array else slurm_job
+        path = Path(runs_root) / f"slurm-{job}-{short_name(name)}"
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(runs_root) / f"{stamp}-{short_name(name)}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(runs_root) / f"{stamp}-{short_name(name)}-{n}"
+    return path.resolve()

@@ -1,0 +1,135 @@
+"""The report's figures (matplotlib, PNG), drawn from numbers only: metric vs temperature, metric and
+attention entropy vs evaluation length, learning curves, attention heatmaps. What to draw is decided by
+the report (:mod:`attn.runner.report`); nothing here reads runs or files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from attn.datamodules.files import atomic_write
+
+# A point with its error bars: (x, mean, mean - low, high - mean).
+Point = tuple[float, float, float, float]
+
+
+def _pyplot() -> Any:
+    import matplotlib  # only when a figure is drawn: matplotlib takes a second to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _chance_line(ax: Any, chance: float | None, metric: str) -> None:
+    """The task's chance level (majority-class accuracy) as a dashed line, for accuracies."""
+    if chance is not None and metric.endswith("/acc"):
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
+
+
+def _errorbars(ax: Any, label: str, points: list[Point]) -> None:
+    x, mean, below, above = zip(*sorted(points), strict=True)
+    ax.errorbar(x, mean, yerr=[below, above], marker="o", capsize=3, label=label)
+
+
+def _save(fig: Any, plt: Any, path: Path) -> Path:
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def metric_vs_temperature(
+    lines: dict[str, list[Point]], metric: str, chance: float | None, path: Path, title: str
+) -> Path:
+    """``metric`` against the softmax temperature (log x axis), one line per label, error bars as given
+    (the 95% interval), and the chance level as a dashed line where it is known."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, points in sorted(lines.items()):
+        _errorbars(ax, label, points)
+    _chance_line(ax, chance, metric)
+    ax.set_xscale("log")
+    temps = sorted({p[0] for points in lines.values() for p in points})
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.minorticks_off()
+    ax.set_xlabel("softmax temperature T")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def metric_vs_length(
+    panels: list[tuple[str, dict[str, list[Point]]]],
+    metric: str,
+    chance: float | None,
+    path: Path,
+    title: str,
+) -> Path:
+    """Side by side panels of (y label, ``{line label: points}``) against the evaluation length (log2 x
+    axis): the metric first (with the chance level), then the attention entropy of each layer."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for i, (ax, (ylabel, lines)) in enumerate(zip(axes[0], panels, strict=True)):
+        for label, points in lines.items():
+            _errorbars(ax, label, points)
+        if i == 0:
+            _chance_line(ax, chance, metric)
+        ax.set_xscale("log", base=2)
+        lengths = sorted({int(p[0]) for points in lines.values() for p in points})
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_xlabel("evaluation length (task.eval_lengths)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, plt, path)
+
+
+def learning_curves(
+    curves: dict[str, list[tuple[int, float]]], monitor: str, chance: float | None, path: Path, title: str
+) -> Path:
+    """The monitored validation metric per epoch (1-based), one line per label (mean over seeds)."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, points in curves.items():
+        ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=label)
+    _chance_line(ax, chance, monitor)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{monitor} (mean over seeds)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def attention_heatmap(layers: list[Any | None], pool: Any, tokens: list[str], title: str, path: Path) -> Path:
+    """The head-mean attention matrix of each layer (``None``: the kind has none) and the pooling weights,
+    tokens on the axes."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(4.2 * (len(layers) + 1), 4.6),
+                             gridspec_kw={"width_ratios": [1] * len(layers) + [0.35]})  # fmt: skip
+    for i, (ax, m) in enumerate(zip(axes[:-1], layers, strict=True)):
+        if m is None:
+            ax.text(0.5, 0.5, "no weight matrix\n(linear attention)", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        image = ax.imshow(m, cmap="viridis", vmin=0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=6)
+        ax.set_title(f"layer {i} (mean over heads)", fontsize=9)
+    image = axes[-1].imshow(pool.T, cmap="viridis", vmin=0, aspect="auto")
+    fig.colorbar(image, ax=axes[-1], fraction=0.3, pad=0.1, label="pooling weight")
+    axes[-1].set_yticks(range(len(tokens)), tokens, fontsize=6)
+    axes[-1].set_xticks([])
+    axes[-1].set_title("pooling", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, plt, path)

@@ -1,0 +1,383 @@
+"""``attn report``: collect runs, aggregate them over seeds with honest statistics, write the tables
+(Markdown, HTML, CSV, JSON) and figures.
+
+Runs come from every ``results.json`` under a directory (plus the ``sweep.json`` manifests there, so
+that trials that never wrote a record are listed as missing) or from W&B's public API
+(:mod:`attn.runner.collect`); groups, ranks and verdicts come from :mod:`attn.runner.aggregate`, the
+statistics from :mod:`attn.runner.stats`, the figures from :mod:`attn.runner.figures`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attn.datamodules.files import write_json_atomic, write_text_atomic
+
+from .aggregate import (
+    DEFAULT_GROUP_BY,
+    PRIMARY_METRICS,
+    Group,
+    Verdict,
+    aggregate_with_verdicts,
+    split_metrics,
+)
+from .collect import ALIASES, Run
+from .errors import ConfigError
+from .figures import draw_all
+from .paths import now_iso
+from .stats import ALPHA, CHANCE, Stat, is_counter
+
+FORMATS = ("md", "html", "csv")
+
+
+PROVENANCE_KEYS = ("code", "torch", "lightning", "device", "host")
+
+
+def provenance_rows(runs: list[Run]) -> list[list[str]]:
+    """A table of what produced the completed runs: one row per distinct origin, with its run count."""
+    counts: dict[tuple[str, ...], int] = {}
+    for r in runs:
+        if r.status == "completed":
+            key = tuple(r.origin.get(k, "unrecorded") for k in PROVENANCE_KEYS)
+            counts[key] = counts.get(key, 0) + 1
+    return [[*PROVENANCE_KEYS, "runs"], *([*k, str(n)] for k, n in sorted(counts.items()))]
+
+
+def mixed_origins(groups: dict[str, list[Group]]) -> list[str]:
+    """One warning line per task whose compared runs mix code versions, library versions or devices."""
+    lines = []
+    for split, gs in groups.items():
+        runs = [r for g in gs for r in g.runs]
+        for what, keys in (("code versions", ("code", "torch", "lightning")), ("devices", ("device",))):
+            seen = sorted({" / ".join(r.origin.get(k, "unrecorded") for k in keys) for r in runs})
+            if len(seen) > 1:
+                lines.append(
+                    f"warning: task {split} compares runs of {len(seen)} {what} ({'; '.join(seen)}):"
+                    " differences between groups may come from them"
+                )
+    return lines
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _cell(stat: Stat | None, metric: str = "") -> str:
+    if stat is None:
+        return "–"
+    if is_counter(metric):  # a count: its value, or the range over seeds
+        lo, hi = min(stat.values), max(stat.values)
+        return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+    if stat.n < 2:
+        return f"{_fmt(stat.mean)} (n=1)"
+    lo, hi = stat.ci
+    return f"{_fmt(stat.mean)} ± {_fmt(stat.std)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def _mark(g: Group) -> str:
+    r = g.rank()
+    mark = "best" if r.best else ("≈ best" if r.tied else "")
+    if r.p_holm is not None:
+        mark = f"{mark} (p={r.p:.3f}, Holm {r.p_holm:.3f})".strip()
+    if r.at_chance:
+        mark = f"{mark}; at chance".strip("; ")
+    return mark
+
+
+def table_rows(
+    groups: list[Group], group_by: tuple[str, ...], metrics: list[str], split_on: list[str] | None = None
+) -> list[list[str]]:
+    """Header and rows of one task's summary table (strings); ``split_on``: the task's split keys."""
+    split_on = split_on or []
+    chance = any(g.chance is not None for g in groups)
+    header = [*group_by, *split_on, "n"]
+    header += [m if is_counter(m) else f"{m} mean ± std [95% CI]" for m in metrics]
+    header += [*(["chance"] if chance else []), "train s", "vs best"]
+    rows = [header]
+    for g in groups:
+        n = max((s.n for s in g.stats.values()), default=len(g.runs))
+        cells = [*map(str, g.key), str(n), *[_cell(g.stats.get(m), m) for m in metrics]]
+        cells += [_fmt(g.chance)] if chance else []
+        rows.append([*cells, _fmt(g.duration, 1), _mark(g)])
+    return rows
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(rows[0]), line(["---"] * len(rows[0])), *map(line, rows[1:])])
+
+
+def _html_table(rows: list[list[str]], marks: list[str]) -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = []
+    for cells, mark in zip(rows[1:], marks, strict=True):
+        cls = f' class="{mark}"' if mark else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+@dataclass
+class Report:
+    """What ``attn report`` produced: the aggregated groups, the problem runs and the files written."""
+
+    groups: dict[str, list[Group]]
+    runs: list[Run]
+    problems: list[Run]
+    files: list[Path]
+    metrics: list[str]
+    command: str
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+
+
+def report_metrics(runs: list[Run], metric: str) -> list[str]:
+    """The metric columns: the chosen metric first, then the other test metrics present."""
+    present = sorted({m for r in runs if r.status == "completed" for m in r.metrics})
+    rest = [m for m in present if m not in (metric, CHANCE) and m.startswith("test/")]
+    return [metric, *rest]
+
+
+def build(
+    runs: list[Run],
+    out_dir: str | Path,
+    *,
+    metric: str | None = None,
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
+    split_by: str = "task",
+    formats: tuple[str, ...] = FORMATS,
+    plots: bool = True,
+    command: str | None = None,
+) -> Report:
+    """Aggregate ``runs`` and write the report files into ``out_dir``."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ConfigError(f"unknown report format {bad[0]!r}; valid choices: {', '.join(FORMATS)}")
+    completed = [r for r in runs if r.status == "completed"]
+    if not runs:
+        raise ConfigError("no runs found (no results.json or sweep.json)")
+    if metric is not None and completed and not any(metric in r.metrics for r in completed):
+        names = sorted({m for r in completed for m in r.metrics})
+        raise ConfigError(f"metric {metric!r} is in no completed run; valid choices: {', '.join(names)}")
+    for option, keys in (("--group-by", group_by), ("--split-by", (split_by,))):
+        for key in keys:
+            if completed and all(r.get(key) is None for r in completed):
+                raise ConfigError(
+                    f"{option} {key!r} is in no run's config; use a dotted config path"
+                    f" or one of {', '.join(ALIASES)}"
+                )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or " ".join(shlex.quote(a) for a in ["attn", "report", *sys.argv[2:]])
+    metric = metric or PRIMARY_METRICS[0]  # tasks without it are ranked by their own primary metric
+    groups, verdicts = aggregate_with_verdicts(runs, metric, group_by, split_by)
+    metrics = report_metrics(runs, metric)
+    problems = [r for r in runs if r.status != "completed"]
+    files: list[Path] = []
+    images: dict[str, list[Path]] = {}
+    if plots and completed:
+        images = draw_all(groups, group_by, metric, out)
+        files += [p for ps in images.values() for p in ps]
+    rep = Report(groups, runs, problems, files, metrics, command, verdicts)
+    if "csv" in formats:
+        files += _write_csv(rep, group_by, out)
+    if "md" in formats:
+        files.append(write_text_atomic(out / "report.md", _markdown(rep, group_by, images, out)))
+    if "html" in formats:
+        files.append(write_text_atomic(out / "report.html", _html(rep, group_by, images)))
+    write_json_atomic(out / "report.json", _json(rep, group_by))
+    files.append(out / "report.json")
+    return rep
+
+
+def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
+    metrics = sorted({m for r in rep.runs for m in r.metrics})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run_dir", "status", "task", *group_by, "seed", *metrics, "duration_s", "error"])
+    for r in rep.runs:
+        w.writerow(
+            [r.run_dir, r.status, r.get("task"), *[r.get(g) for g in group_by], r.get("seed")]
+            + [r.metrics.get(m, "") for m in metrics]
+            + [r.duration_s if r.duration_s is not None else "", r.error or ""]
+        )
+    runs_csv = write_text_atomic(out / "runs.csv", buf.getvalue())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    keys = sorted({k for v in rep.verdicts.values() for k in v.split_keys})
+    head = ["task", *group_by, *keys, "metric", "n", "mean", "std", "ci_low", "ci_high", "chance"]
+    w.writerow([*head, "best", "tied", "p_vs_best", "p_holm"])
+
+    def num(x: float | None) -> float | str:
+        return "" if x is None or math.isnan(x) else x
+
+    for split, groups in rep.groups.items():
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
+        for g in groups:
+            base, extra = g.key[: len(group_by)], dict(zip(own, g.key[len(group_by) :], strict=True))
+            for m, s in g.stats.items():
+                r = g.rank(m)
+                lo, hi = (math.nan, math.nan) if is_counter(m) else s.ci
+                chance = g.chance if m.split("@")[0] == "test/acc" else None
+                std = math.nan if is_counter(m) else s.std
+                row = [split, *base, *[extra.get(k, "") for k in keys], m, s.n, s.mean, num(std), num(lo)]
+                w.writerow([*row, num(hi), num(chance), r.best, r.tied, num(r.p), num(r.p_holm)])
+    return [runs_csv, write_text_atomic(out / "summary.csv", buf.getvalue())]
+
+
+def _counts(rep: Report) -> str:
+    by: dict[str, int] = {}
+    for r in rep.runs:
+        by[r.status] = by.get(r.status, 0) + 1
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(by.items()))
+    return f"{len(rep.runs)} runs read ({detail})"
+
+
+CAPTION = (
+    "Cells: mean ± sample std [95% t-interval over seeds, clipped to the metric's range: [0, 1] for rates,"
+    " [0, 100] for BLEU/chrF, ≥ 0 for losses]; counters (examples, steps, epochs) show their value or range."
+    " A group pools the runs whose configs are equal except for the seed and keys that cannot change a"
+    " result (run name, logger, progress bar, threads); any other key that differs becomes a column."
+    " best: the best mean among groups with 2 or more seeds, marked only when some group differs from it"
+    f" (Welch's t-test against it, Holm-corrected over the task's comparisons, α = {ALPHA}; for rates each"
+    " group's std counts as at least one test example) and not every group is at chance level; ≈ best:"
+    f" Holm-adjusted p ≥ {ALPHA}; at chance: the interval reaches the task's chance level (majority class)."
+)
+
+
+def task_lines(rep: Report, split: str) -> list[str]:
+    """One task's plain-text heading lines: its ranking metric, the keys it split on, its verdict."""
+    groups = rep.groups[split]
+    ranked_by = groups[0].metric if groups else rep.metrics[0]
+    lines = [f"Ranked by {ranked_by}" + (f" ({rep.metrics[0]} is not logged by this task)."
+                                          if ranked_by != rep.metrics[0] else ".")]  # fmt: skip
+    v = rep.verdicts.get(split)
+    if v and v.split_keys:
+        lines.append(f"Split on {', '.join(v.split_keys)}: runs that differ in these are not pooled.")
+    if v and v.text:
+        lines.append(f"Verdict: {v.text}.")
+    return lines
+
+
+def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]], out: Path) -> str:
+    lines = ["# attn report", "", f"Generated {now_iso()} by `{rep.command}`.", "", _counts(rep) + ".", ""]
+    lines += [CAPTION, ""]
+    for split, groups in rep.groups.items():
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
+        lines += [f"## task: {split}", ""]
+        for t in task_lines(rep, split):
+            lines += [f"**{t}**" if t.startswith("Verdict") else t, ""]
+        lines += [_markdown_table(table_rows(groups, group_by, split_metrics(groups), own)), ""]
+        for img in images.get(split, []):
+            lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
+        lines.append("")
+    for img in images.get("", []):
+        lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
+    lines += ["", "## Provenance", ""]
+    lines += [f"**{w}**" for w in mixed_origins(rep.groups)]
+    lines += ["", _markdown_table(provenance_rows(rep.runs))]
+    if rep.problems:
+        lines += ["", "## Runs that did not complete", ""]
+        lines += [f"- `{r.run_dir}`: {r.status}: {r.error or ''}" for r in rep.problems]
+    return "\n".join(lines) + "\n"
+
+
+def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]]) -> str:
+    import base64
+    import html
+
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
+        "tr.best{background:#d4f7d4;font-weight:bold}tr.tied{background:#eef9ee}"
+        "img{max-width:100%;margin:0.5em 0}code{background:#f4f4f4}p.verdict{font-weight:bold}"
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>attn report</title><style>{style}</style>"
+        "</head><body><h1>attn report</h1>",
+        f"<p>Generated {html.escape(now_iso())} by <code>{html.escape(rep.command)}</code>.</p>",
+        f"<p>{html.escape(_counts(rep))}. {html.escape(CAPTION)} Green: best; light green: ≈ best.</p>",
+    ]
+
+    def img_tag(path: Path) -> str:
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
+
+    for split, groups in rep.groups.items():
+        own = rep.verdicts[split].split_keys if split in rep.verdicts else []
+        marks = ["best" if g.best else ("tied" if g.tied else "") for g in groups]
+        parts.append(f"<h2>task: {html.escape(split)}</h2>")
+        for t in task_lines(rep, split):
+            cls = " class='verdict'" if t.startswith("Verdict") else ""
+            parts.append(f"<p{cls}>{html.escape(t)}</p>")
+        parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups), own), marks))
+        parts += [img_tag(p) for p in images.get(split, [])]
+    parts += [img_tag(p) for p in images.get("", [])]
+    parts.append("<h2>Provenance</h2>")
+    parts += [f"<p class='verdict'>{html.escape(w)}</p>" for w in mixed_origins(rep.groups)]
+    rows = provenance_rows(rep.runs)
+    parts.append(_html_table(rows, [""] * (len(rows) - 1)))
+    if rep.problems:
+        parts.append("<h2>Runs that did not complete</h2><ul>")
+        for r in rep.problems:
+            what = f"{html.escape(r.status)}: {html.escape(r.error or '')}"
+            parts.append(f"<li><code>{html.escape(r.run_dir)}</code>: {what}</li>")
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
+    def num(x: float | None) -> float | None:
+        return None if x is None or math.isnan(x) else x
+
+    def group(g: Group, own: list[str]) -> dict[str, Any]:
+        return {
+            **dict(zip([*group_by, *own], g.key, strict=True)),
+            "ranked_by": g.metric,
+            "best": g.best,
+            "tied": g.tied,
+            "p_vs_best": num(g.p_value),
+            "p_holm": num(g.rank().p_holm),
+            "chance": g.chance,
+            "metrics": {
+                m: {
+                    "n": s.n,
+                    "mean": s.mean,
+                    "std": num(s.std),
+                    "ci": [num(c) for c in s.ci],
+                    "best": g.rank(m).best,
+                    "tied": g.rank(m).tied,
+                    "p_vs_best": num(g.rank(m).p),
+                    "p_holm": num(g.rank(m).p_holm),
+                }
+                for m, s in g.stats.items()
+            },
+        }
+
+    tasks, verdicts = {}, {}
+    rows = provenance_rows(rep.runs)
+    for split, groups in rep.groups.items():
+        v = rep.verdicts.get(split) or Verdict("", [])
+        tasks[split] = [group(g, v.split_keys) for g in groups]
+        verdicts[split] = {"verdict": v.text, "split_on": v.split_keys, "comparisons": v.comparisons}
+    return {
+        "command": rep.command,
+        "runs": len(rep.runs),
+        "problems": [{"run_dir": r.run_dir, "status": r.status, "error": r.error} for r in rep.problems],
+        "metric": rep.metrics[0],
+        "verdicts": verdicts,
+        "tasks": tasks,
+        "provenance": [dict(zip(rows[0], row, strict=True)) for row in rows[1:]],
+        "warnings": mixed_origins(rep.groups),
+    }

@@ -1,0 +1,430 @@
+"""The run behind ``attn train``: one Lightning fit and test of a validated config, recorded in its run
+directory (``results.json``, ``config.yaml``, checkpoints, metrics, predictions).
+
+:func:`run` takes the run directory's lock and turns every ending (completed, failed, interrupted by a
+signal) into a written record; :func:`fit_and_test` seeds, builds the data and module
+(:func:`build_data_and_module`), the loggers, callbacks and trainer (``build_*``), fits, tests the best
+checkpoint and collects the metrics. Signals: :mod:`attn.runner.signals`; resume and SLURM restarts:
+:mod:`attn.runner.resume`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
+
+from attn.datamodules.files import write_text_atomic
+from attn.models.baseline import (
+    bag_of_frames,
+    bow_logistic_regression,
+    logistic_regression,
+    sequence_bow_accuracy,
+)
+from attn.models.diagnostics import AttentionDiagnostics
+from attn.models.sequence import evaluate_at_lengths
+from attn.models.training import PredictionTable, SampleEfficiency
+
+from .checkpoints import (
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    keep_history,
+    metric_history,
+    remove_partial_checkpoints,
+)
+from .machine import cpu_name, is_rank_zero
+from .paths import RUN_DIR_ENV, resolve_run_dir
+from .provenance import provenance
+from .records import RESULTS, DirLock, Record, RunRecord, config_digest, flatten, read_record
+from .resume import RESUMABLE_KEYS, Resume
+from .signals import RunInterrupted, SignalStop
+from .threads import ThreadPlan, apply_torch, thread_plan
+
+# Lines from libraries that a user cannot act on: device banners, product tips, the checkpoint each
+# test loads. Warnings about the user's own run (too few batches to log, slow data loading) stay.
+_NOISE = (
+    "GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "LOCAL_RANK:",
+    "Restoring states from the checkpoint path", "Loaded model weights from the checkpoint",
+)  # fmt: skip
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_NOISE)
+
+
+def quiet_third_party() -> None:
+    """Silence library output a user cannot act on (see ``_NOISE``), the srun hint (attn chooses the
+    run's launch itself), and deprecations inside Lightning and torch."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system")
+    warnings.filterwarnings("ignore", message=r".*weights_only")
+
+
+# --------------------------------------------------------------------------------------------
+# builders
+
+
+def _attention_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    params = {k: v for k, v in OmegaConf.to_container(cfg.attention.params).items() if v is not None}
+    return {
+        "kind": cfg.attention.kind,
+        "scale": cfg.attention.scale,
+        "softmax": cfg.softmax.name,
+        "temperature": cfg.softmax.temperature,
+        "temperature_init": cfg.softmax.temperature_init,
+        **params,
+    }
+
+
+def build_data_and_module(cfg: DictConfig) -> tuple[Any, Any]:
+    """The task's LightningDataModule (set up for fitting) and LightningModule, from ``cfg``."""
+    dm = instantiate(cfg.task.datamodule, _convert_="all")
+    dm.setup("fit")
+    # A datamodule tells its module about the data (vocabularies, classes); classification's is the default.
+    data = (
+        dm.module_kwargs()
+        if hasattr(dm, "module_kwargs")
+        else {"vocab_size": dm.vocab_size, "n_classes": dm.n_classes}
+    )
+    module = instantiate(
+        cfg.task.module,
+        _convert_="all",
+        **data,
+        net=OmegaConf.to_container(cfg.model),
+        attention=_attention_kwargs(cfg),
+        **OmegaConf.to_container(cfg.optim),
+    )
+    return dm, module
+
+
+def wandb_mode(cfg: DictConfig) -> str:
+    """W&B mode: ``WANDB_MODE`` from the environment wins over ``logger.mode``."""
+    return os.environ.get("WANDB_MODE") or cfg.logger.mode
+
+
+def build_loggers(
+    cfg: DictConfig, run_dir: Path, flat_config: dict[str, Any], wandb_id: str | None = None
+) -> list:
+    """The run's loggers (``logger.kind``: CSV, and W&B unless disabled), with the config logged."""
+    kind = cfg.logger.kind
+    loggers: list = []
+    if kind in ("csv", "wandb"):
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=""))
+    if kind == "wandb" and wandb_mode(cfg) != "disabled":
+        os.environ.setdefault("WANDB_SILENT", "true")
+        from lightning.pytorch.loggers import WandbLogger  # imports wandb: only when it logs
+
+        wandb_logger = WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            tags=list(cfg.logger.tags),
+            name=run_dir.name,
+            save_dir=str(run_dir),
+            mode=wandb_mode(cfg),
+            **({"id": wandb_id, "resume": "allow"} if wandb_id else {}),
+        )
+        # Lightning always passes W&B's deprecated `anonymous` setting, which makes W&B warn on every run.
+        getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(wandb_logger)
+    for logger in loggers:
+        logger.log_hyperparams(flat_config)
+    return loggers
+
+
+class WritePredictions(L.Callback):
+    """Writes the test predictions a task module gathered (``prediction_text``, rank 0) to
+    ``<run dir>/predictions/test.tsv``."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        text = getattr(pl_module, "prediction_text", None)
+        if text is not None and trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / PredictionTable.PATH
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, text)
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path, dm: Any, stopper: SignalStop) -> list:
+    """Checkpoints (best by ``task.monitor`` and last), the signal stop, sample efficiency, the
+    predictions writer and, when enabled, the attention diagnostics."""
+    checkpoint = RunCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best-{epoch}-{step}",
+        monitor=cfg.task.monitor,
+        mode=cfg.task.monitor_mode,
+        save_last=True,
+    )
+    floor = float(getattr(dm, "chance", 0.0))  # where the validation metric starts: chance, or 0
+    if hasattr(dm, "n_classes") and not hasattr(dm, "chance") and "test" in getattr(dm, "datasets", {}):
+        floor = _chance(dm)["test/chance_acc"]
+    efficiency = SampleEfficiency(cfg.task.monitor, cfg.task.monitor_mode, floor)
+    callbacks: list = [checkpoint, stopper, efficiency, WritePredictions()]
+    if cfg.diagnostics.enabled:
+        callbacks.append(AttentionDiagnostics(cfg.diagnostics.batches, cfg.diagnostics.images))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
+    """The Lightning trainer of ``cfg.trainer``, saving checkpoints atomically."""
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # attn saves and requeues on USR1 itself: no hpc_ckpt_*.ckpt files
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return L.Trainer(
+        **OmegaConf.to_container(cfg.trainer),
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        plugins=plugins,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# fit and test
+
+
+def _device_info(trainer: Any) -> dict[str, Any]:
+    """Where the run trains: device and its name, precision, strategy, world size, DDP backend."""
+    root = trainer.strategy.root_device
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    backend = (
+        str(dist.get_backend()) if initialised else getattr(trainer.strategy, "_process_group_backend", None)
+    )
+    info: dict[str, Any] = {
+        "device": str(root),
+        "name": torch.cuda.get_device_name(root) if root.type == "cuda" else cpu_name(),
+        "precision": str(trainer.precision),
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "backend": backend,
+        "torch": torch.__version__,
+    }
+    if root.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _check_trained(trainer: Any, module: Any) -> None:
+    """A fit that ended without an error trained every step it was asked for: Lightning ends an epoch
+    on a ``StopIteration`` from anywhere, which would otherwise pass for a completed run."""
+    expected = getattr(module, "_total_steps", None)  # set when training starts (AttnModule)
+    if trainer.fast_dev_run or expected is None or trainer.global_step >= expected:
+        return
+    raise RuntimeError(
+        f"training ended after {trainer.global_step} of {expected} steps without an error (a StopIteration"
+        " inside a hook?): the run is not complete"
+    )
+
+
+def _baseline(dm: Any) -> dict[str, float]:
+    """The order-blind baseline of the task, fitted on its train split and scored on test."""
+    train, test = dm.datasets["train"].tensors, dm.datasets["test"].tensors
+    if train[1].dim() == 2:  # sequence tasks: the prefix's token counts at each target position
+        return {"test/bow_acc": sequence_bow_accuracy(train, test, dm.vocab_size)}
+    if hasattr(dm, "vocab_size"):  # text: token counts
+        return {"test/bow_acc": bow_logistic_regression(train[:2], test[:2], dm.vocab_size, dm.n_classes)}
+    if train[0].dim() == 3 and train[0].is_floating_point():  # speech: feature frames
+        xy = [(bag_of_frames(split[0]), split[1]) for split in (train, test)]
+        return {"test/bof_acc": logistic_regression(xy[0], xy[1], dm.n_classes)}
+    return {}
+
+
+def _chance(dm: Any) -> dict[str, float]:
+    """The task's chance level: the one the task states, else the accuracy of always predicting the
+    test split's majority class."""
+    if hasattr(dm, "chance"):
+        return {"test/chance_acc": float(dm.chance)}
+    labels = dm.datasets["test"].tensors[1]
+    counts = torch.bincount(labels.flatten().long())
+    return {"test/chance_acc": float(counts.max()) / max(1, labels.numel())}
+
+
+def fit_and_test(
+    cfg: DictConfig, run_dir: Path, record: RunRecord, stopper: SignalStop, resume: Resume | None = None
+) -> dict[str, float]:
+    """Seed, build the data and model, fit, test the best checkpoint; returns the test metrics."""
+    quiet_third_party()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    dm, module = build_data_and_module(cfg)
+    module.attn_config = container  # stored in every checkpoint: a resume checks it against config.yaml
+    extra = record.data.extra
+    extra["config_sha1"] = config_digest(container, RESUMABLE_KEYS)
+    dm.save(str(run_dir))
+    history = metric_history(run_dir, resume.step) if resume and record.write else []
+    if resume is not None:  # the directory is meant to be there: its metric rows are kept (keep_history)
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    flat = {**flatten(container), **flatten({"provenance": extra.get("provenance") or {}})}
+    loggers = build_loggers(cfg, run_dir, flat, resume.wandb_id if resume else None)
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and record.write:
+            extra["wandb_id"] = logger.experiment.id
+    keep_history(loggers, history)  # the earlier attempts' metric rows stay in csv/metrics.csv
+    callbacks = build_callbacks(cfg, run_dir, dm, stopper)
+    checkpoint, efficiency = callbacks[0], callbacks[2]
+    trainer = build_trainer(cfg, run_dir, loggers, callbacks)
+    extra["device"] = _device_info(trainer)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
+    extra["device"] = _device_info(trainer)  # the process group exists now (DDP)
+    _check_trained(trainer, module)
+    best = checkpoint.best_model_path or None
+    tested = trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    bad = next((f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)), None)
+    if bad:
+        raise RuntimeError(f"test metrics are not finite ({bad}): the trained model is not usable")
+    if checkpoint.best_model_score is not None:
+        metrics[f"best_{cfg.task.monitor}".replace("best_val/", "val/best_")] = float(
+            checkpoint.best_model_score
+        )
+    metrics["train/epochs"] = float(trainer.current_epoch)
+    metrics["train/steps"] = float(trainer.global_step)
+    if not trainer.fast_dev_run:
+        metrics.update(efficiency.result())
+    if hasattr(dm, "n_classes") or hasattr(dm, "chance"):  # classification and sequence tasks
+        metrics.update(_chance(dm))
+        if cfg.baseline and trainer.is_global_zero:
+            metrics.update(_baseline(dm))
+    lengths = cfg.task.get("eval_lengths")
+    if lengths and trainer.is_global_zero:
+        data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}
+        metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size))
+    record.data.best_checkpoint = best
+    extra["predictions"] = getattr(module, "prediction_info", None)
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update(metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# the run and its record
+
+
+def run(
+    cfg: DictConfig, resume: Resume | None = None, threads: ThreadPlan | None = None
+) -> tuple[Record, BaseException | None]:
+    """Run ``cfg`` in its own run directory; the written record (any status) and the error, if any.
+
+    ``threads`` is the plan made before torch was imported (``attn train``); without one (a call from
+    Python) the plan is made here and only torch's thread count follows it.
+    ``OSError`` escapes when the run directory cannot be created or the record cannot be written,
+    ``RunDirBusy`` when another live process holds the run directory's lock.
+    """
+    previous = os.environ.get(RUN_DIR_ENV)
+    if resume is not None:
+        os.environ[RUN_DIR_ENV] = str(resume.run_dir)
+    try:
+        run_dir = resolve_run_dir(cfg.runs_root, cfg.name)
+    finally:
+        _restore_env(previous)
+    rank0 = is_rank_zero()  # other DDP ranks train but write no config or record
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run directory: a second run or resume of it stops here, before touching anything.
+    lock = DirLock(run_dir).acquire() if rank0 else None
+    try:
+        return _run_locked(cfg, run_dir, rank0, resume, threads, previous)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _start_record(
+    cfg: DictConfig, run_dir: Path, rank0: bool, resume: Resume | None, threads: ThreadPlan
+) -> RunRecord:
+    """The record of this attempt (earlier attempts kept on a resume), with what produced it."""
+    attempts: list[dict[str, Any]] = []
+    if resume is not None:
+        try:
+            attempts = read_record(run_dir / RESULTS).attempts
+        except ValueError:
+            attempts = []  # no record (killed before it) or a corrupt one: its attempts are unknown
+    record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0, attempts=attempts)
+    record.data.extra["provenance"] = provenance()
+    record.data.extra["threads"] = threads.as_dict()
+    if resume is not None:
+        record.data.extra["resumed_from"] = str(resume.checkpoint)
+    return record
+
+
+def _run_locked(
+    cfg: DictConfig,
+    run_dir: Path,
+    rank0: bool,
+    resume: Resume | None,
+    threads: ThreadPlan | None,
+    previous: str | None,
+) -> tuple[Record, BaseException | None]:
+    if rank0:
+        remove_partial_checkpoints(run_dir)
+        if resume is None:
+            write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    threads = threads or thread_plan(cfg, os.environ)
+    apply_torch(threads)
+    record = _start_record(cfg, run_dir, rank0, resume, threads)
+    stopper = SignalStop(record)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks started by this run find the same directory
+    try:
+        record.data.metrics = fit_and_test(cfg, run_dir, record, stopper, resume)
+    except RunInterrupted as e:
+        record.data.metrics["train/steps"] = float(e.step)
+        _finish_wandb(128 + e.signum, preempted=True)
+        saved = "checkpoint saved" if e.saved else "training had finished"
+        line = f"{e}; {saved}, resume with: attn train resume={run_dir}"
+        return record.finish("interrupted", line, 128 + e.signum), e
+    except (KeyboardInterrupt, SystemExit) as e:  # a signal before training started or outside our hooks
+        code = 128 + (stopper.signum or signal.SIGINT)
+        _finish_wandb(code)
+        name = signal.Signals(stopper.signum or signal.SIGINT).name
+        return record.finish("interrupted", f"interrupted by {name} before a checkpoint", code), e
+    except Exception as e:
+        _finish_wandb(1)
+        text = str(e).strip()
+        line = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+        return record.finish("failed", line), e
+    finally:
+        if stopper.signum is None:  # after a signal, a second one must still exit at once
+            stopper.restore()
+        _restore_env(previous)
+    _finish_wandb(0)
+    if rank0:  # Lightning's SLURM auto-requeue of earlier versions saved these; the run no longer needs them
+        for stale in run_dir.glob("hpc_ckpt_*.ckpt"):
+            stale.unlink(missing_ok=True)
+    return record.finish("completed"), None
+
+
+def _finish_wandb(exit_code: int, preempted: bool = False) -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        if preempted:
+            wandb.run.mark_preempting()  # W&B shows the run as preempted, expecting a resume
+        wandb.finish(exit_code=exit_code)
+
+
+def _restore_env(previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(RUN_DIR_ENV, None)
+    else:
+        os.environ[RUN_DIR_ENV] = previous
