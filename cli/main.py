@@ -101,6 +101,8 @@ def train(
         record, exc = run(prepared.config, resume, prepared.threads)
     except RunDirBusy as e:  # another live run or resume owns the run directory
         _fail(str(e), 1, e, debug)
+    except ConfigError as e:  # the run directory holds another run
+        _fail(str(e), 2, e, debug)
     except OSError as e:  # the run directory or its record cannot be written (permissions, disk full)
         _fail(f"cannot write the run directory: {e}", 1, e, debug)
     code = exit_code(record.status, exc)
@@ -147,10 +149,25 @@ def sweep(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Run a grid of `attn train` trials, each in its own process and run directory; resumable."""
-    from attn.runner.sweep import SWEEP_LOCK, launch, plan, resume_settings, start, stopped, summary
+    from attn.runner.sweep import (
+        SWEEP_LOCK,
+        launch,
+        plan,
+        plan_resume,
+        resume_settings,
+        start,
+        stopped,
+        summary,
+    )
 
     lock: DirLock | None = None
     try:
+        if resume is not None and dry_run:  # a dry run never runs (or submits, or writes) anything
+            manifest, todo = plan_resume(resume, list(args or []))
+            print_grid(manifest, [])
+            typer.echo(f"--resume would run {len(todo)} of {len(manifest.trials)} trials: "
+                       + (" ".join(t.id for t in todo) or "none"))  # fmt: skip
+            return
         if resume is not None:
             read_manifest(resume)
             # One sweep process per sweep directory: a second --resume stops here, trials untouched.
@@ -165,6 +182,8 @@ def sweep(
             root = start(list(args or []), out, skip_invalid)
             lock = DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
             typer.echo(f"sweep dir: {root}")
+            for line in read_manifest(root).skipped:  # duplicates of the grid, and with --skip-invalid
+                typer.echo(f"  skipped  {line}")
         manifest = launch(root)
         signal_name = stopped(root)
     except ConfigError as e:
@@ -243,6 +262,8 @@ def report(
         _fail(str(e), 2, e, debug)
     except OSError as e:  # an unwritable or full output directory
         _fail(f"cannot write the report: {e}", 1, e, debug)
+    except KeyboardInterrupt:  # each file is written whole or not at all
+        _fail("attn report interrupted; the files it had written are complete, the others are not there", 130)
     print_report(rep, tuple(g.strip() for g in group_by.split(",") if g.strip()))
     typer.echo(f"report: {target}")
 

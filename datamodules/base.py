@@ -9,6 +9,14 @@ from .resumable import eval_loader, train_loader
 from .vocab import Vocabulary
 
 
+def check_sizes(path: str, sizes: dict[str, object], low: int = 1) -> None:
+    """Raise ``ValueError`` (one line naming the key) unless every size is an integer >= ``low``: the
+    config-time check that keeps a zero or negative size from failing late (a division, a torch error)."""
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{path}.{key}={value!r} is invalid: must be an integer >= {low}")
+
+
 class SplitDataModule(L.LightningDataModule):
     """A datamodule whose ``prepare_splits`` fills ``self.datasets`` with ``train``, ``val`` and ``test``.
 

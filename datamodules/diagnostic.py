@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from .base import SplitDataModule
+from .base import SplitDataModule, check_sizes
 
 IGNORE = -100
 
@@ -103,9 +103,7 @@ class SequenceTaskDataModule(SplitDataModule):
                     f"{where}={value} needs sequences of {self.tokens(value)} tokens, more than"
                     f" {path}.max_len={params['max_len']}: raise max_len"
                 )
-        for key in ("n_train", "n_val", "n_test"):
-            if params[key] < 1:
-                raise ValueError(f"{path}.{key}={params[key]} is invalid: must be >= 1")
+        check_sizes(path, {key: params[key] for key in ("n_train", "n_val", "n_test")})
 
     @classmethod
     def check_config(cls, path: str, params: dict[str, Any]) -> None:
@@ -164,28 +162,62 @@ def _random_order(n: int, k: int, g: torch.Generator) -> Tensor:
 
 
 class MQARDataModule(SequenceTaskDataModule):
-    """Multi-query associative recall; ``pairs`` key-value pairs, then every key queried once.
+    """Multi-query associative recall: ``pairs`` key-value pairs, then every key queried once; the target
+    at each query is the value bound to its key. Tokens: keys ``1 .. keys``, values
+    ``keys + 1 .. keys + values``; the keys of a sequence are distinct. Two generators:
 
-    Tokens: keys ``1 .. keys``, values ``keys + 1 .. keys + values``. Keys in a sequence are distinct;
-    values are drawn independently (they may repeat).
+    * ``generator="zoology"``, Zoology's (Arora et al. 2023, ``multiquery_ar``): values distinct too, and
+      the queries placed in a region of ``2 * query_slots * pairs`` tokens at slots drawn without
+      replacement from a power law (``p(s) ~ s^(power_a - 1)``, most queries near the pairs), every other
+      position of the region a random token (Zoology draws it from the whole vocabulary, padding
+      included; here from the real tokens). 8 tokens per pair by default: Zoology's 64 tokens for 8 pairs.
+      Order-blind ceiling: 1/pairs (0.125 for 8): the values present are equally likely answers.
+    * ``generator="attn"`` (the default, every number measured before this option): values drawn with
+      replacement (36% of 8-pair sequences repeat one), the queries right after the pairs in random
+      order, 3 tokens per pair. Order-blind ceiling: the expected largest count of a value over
+      ``pairs``, 0.172 for 8 pairs of 64 values (a repeated value is the likelier answer).
     """
 
     length_name = "pairs"
+    GENERATORS = ("attn", "zoology")
 
-    def __init__(self, *, pairs: int = 8, keys: int = 64, values: int = 64, **kw: Any) -> None:
-        self.keys, self.values = keys, values
+    def __init__(
+        self,
+        *,
+        pairs: int = 8,
+        keys: int = 64,
+        values: int = 64,
+        generator: str = "attn",
+        query_slots: int = 3,
+        power_a: float = 0.01,
+        **kw: Any,
+    ) -> None:
+        check_sizes("task.datamodule", {"keys": keys, "values": values, "query_slots": query_slots})
+        if generator not in self.GENERATORS:
+            raise ValueError(
+                f"task.datamodule.generator={generator!r} is unknown; valid choices:"
+                f" {', '.join(self.GENERATORS)}"
+            )
+        if isinstance(power_a, bool) or not isinstance(power_a, int | float) or not 0 < power_a <= 1:
+            raise ValueError(
+                f"task.datamodule.power_a={power_a!r} is invalid: must be in (0, 1] (1 = uniform)"
+            )
+        self.keys, self.values, self.generator = keys, values, generator
+        self.query_slots, self.power_a = query_slots, float(power_a)
         self.vocab_size = 1 + keys + values
         self.chance = 1.0 / values
         super().__init__(length=pairs, **kw)
 
     def tokens(self, length: int) -> int:
-        return 3 * length
+        return 3 * length if self.generator == "attn" else (2 + 2 * self.query_slots) * length
 
     def valid_lengths(self) -> tuple[int, int]:
-        return 1, self.keys
+        return 1, self.keys if self.generator == "attn" else min(self.keys, self.values)
 
     def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         keys = _random_order(n, self.keys, g)[:, :length] + 1
+        if self.generator == "zoology":
+            return self._zoology(keys, g)
         values = torch.randint(0, self.values, (n, length), generator=g) + 1 + self.keys
         order = _random_order(n, length, g)
         queries = keys.gather(1, order)
@@ -193,6 +225,21 @@ class MQARDataModule(SequenceTaskDataModule):
         ids = torch.cat([torch.stack([keys, values], dim=2).reshape(n, 2 * length), queries], dim=1)
         targets = torch.full_like(ids, IGNORE)
         targets[:, 2 * length :] = answers
+        return ids, targets
+
+    def _zoology(self, keys: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        n, length = keys.shape
+        values = _random_order(n, self.values, g)[:, :length] + 1 + self.keys
+        space = self.query_slots * length
+        p = self.power_a * torch.arange(1, space + 1, dtype=torch.float64) ** (self.power_a - 1)
+        slots = torch.multinomial((p / p.sum()).expand(n, space), length, replacement=False, generator=g)
+        region = torch.randint(1, self.vocab_size, (n, 2 * space), generator=g)  # filler: any real token
+        region.scatter_(1, 2 * slots, keys)  # key i is queried at slot slots[i]
+        answers = torch.full_like(region, IGNORE)
+        answers.scatter_(1, 2 * slots, values)
+        pairs = torch.stack([keys, values], dim=2).reshape(n, 2 * length)
+        ids = torch.cat([pairs, region], dim=1)
+        targets = torch.cat([torch.full_like(pairs, IGNORE), answers], dim=1)
         return ids, targets
 
 
@@ -207,6 +254,7 @@ class MaxRetrievalDataModule(SequenceTaskDataModule):
     length_name = "items"
 
     def __init__(self, *, items: int = 16, priorities: int = 128, classes: int = 4, **kw: Any) -> None:
+        check_sizes("task.datamodule", {"priorities": priorities, "classes": classes})
         self.priorities, self.classes = priorities, classes
         self.query = 1 + priorities * classes
         self.vocab_size = self.query + 1 + classes
@@ -240,6 +288,7 @@ class SelectiveCopyDataModule(SequenceTaskDataModule):
     length_name = "span"
 
     def __init__(self, *, span: int = 32, copies: int = 8, data_tokens: int = 16, **kw: Any) -> None:
+        check_sizes("task.datamodule", {"data_tokens": data_tokens, "copies": copies})
         self.copies, self.data_tokens = copies, data_tokens
         self.vocab_size = 3 + data_tokens
         self.chance = 1.0 / data_tokens

@@ -15,7 +15,7 @@ import re
 import torch
 from torch.utils.data import TensorDataset
 
-from .base import PairDataModule
+from .base import PairDataModule, check_sizes
 from .vocab import Vocabulary
 
 BOS, EOS = "<s>", "</s>"
@@ -67,12 +67,11 @@ class NumberTranslationDataModule(PairDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.check_config("task.datamodule", {"source": source, "target": target})
-        if n_train + n_val + n_test > max_number:
-            raise ValueError(
-                f"n_train + n_val + n_test = {n_train + n_val + n_test} numbers do not fit below"
-                f" max_number={max_number}"
-            )
+        self.check_config(
+            "task.datamodule",
+            {"source": source, "target": target, "max_number": max_number, "n_train": n_train, "n_val": n_val,
+             "n_test": n_test, "max_len": max_len},
+        )  # fmt: skip
         self.source, self.target, self.max_number = source, target, max_number
         self.sizes = {"test": n_test, "val": n_val, "train": n_train}
         self.max_len, self.batch_size, self.seed, self.num_workers = max_len, batch_size, seed, num_workers
@@ -84,9 +83,19 @@ class NumberTranslationDataModule(PairDataModule):
 
     @staticmethod
     def check_config(path: str, node: dict) -> None:
-        """Both languages must be ones ``num2words`` writes; ``ValueError`` names the bad one."""
+        """Both languages must be ones ``num2words`` writes, every size >= 1, and the three splits must
+        fit below ``max_number``; ``ValueError`` names the bad value."""
         from num2words import CONVERTER_CLASSES
 
+        defaults = {"max_number": 10000, "n_train": 7000, "n_val": 500, "n_test": 1000, "max_len": 24}
+        sizes = {key: node.get(key, default) for key, default in defaults.items()}
+        check_sizes(path, sizes)
+        total = sizes["n_train"] + sizes["n_val"] + sizes["n_test"]
+        if total > sizes["max_number"]:
+            raise ValueError(
+                f"{path}.n_train + n_val + n_test = {total} numbers do not fit below"
+                f" {path}.max_number={sizes['max_number']}"
+            )
         for key in ("source", "target"):
             lang = node.get(key)
             if lang not in CONVERTER_CLASSES:

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 from .base import TokenClassificationDataModule
@@ -33,16 +34,14 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
         raise DataError(f"{path}: no such file")
     if path.suffix not in (".tsv", ".csv", ".jsonl"):
         raise DataError(f"{path}: unknown format {path.suffix!r}; valid choices: .tsv, .csv, .jsonl")
-    try:
-        content = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first label
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable ({e})") from None
     if path.suffix == ".csv":
-        return _read_csv(path, content, lowercase)
+        try:
+            content = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of a label
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: unreadable ({e})") from None
+        return _read_csv(path, content, lowercase)  # (the csv module refuses fields over 128 KiB)
     rows = []
-    # Lines end at "\n" (or "\r\n") only: str.splitlines would also split at form feeds and Unicode line
-    # separators inside a field, and misnumber every later line.
-    for number, line in enumerate(content.split("\n"), start=1):
+    for number, line in _lines(path):
         line = line.removesuffix("\r")
         if not line.strip():
             continue
@@ -60,6 +59,34 @@ def read_examples(path: str | Path, lowercase: bool = True) -> list[tuple[list[s
     if not rows:
         raise DataError(f"{path}: no examples (empty split)")
     return rows
+
+
+MAX_LINE_BYTES = 16 * 2**20  # a longer line is refused: reading it whole would take its size many times
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(number, text)`` of each line, read one at a time with at most :data:`MAX_LINE_BYTES` in memory.
+
+    Lines end at "\\n" only: str.splitlines would also split at form feeds and Unicode line separators
+    inside a field, and misnumber every later line."""
+    try:
+        with path.open("rb") as f:
+            number = 0
+            while True:
+                raw = f.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    return
+                number += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise DataError(
+                        f"{path}:{number}: a line longer than {MAX_LINE_BYTES // 2**20} MiB;"
+                        " split or shorten it"
+                    )
+                if number == 1:  # a byte-order mark is not part of the first label
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")
+                yield number, raw.decode("utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
 
 
 def _example(path: Path, number: int, text: object, label: object, lowercase: bool) -> tuple[list[str], str]:

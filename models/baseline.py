@@ -1,5 +1,6 @@
-"""Order-blind baselines: logistic regression on a bag of words (text) or on the per-utterance mean and
-standard deviation of the feature frames (speech, a "bag of frames")."""
+"""Order-blind baselines: logistic regression on a bag of words (text), on the per-utterance mean and
+standard deviation of the feature frames (speech, a "bag of frames"), or on the prefix's token counts
+and seen-once/twice/more indicators (the sequence tasks)."""
 
 from __future__ import annotations
 
@@ -71,21 +72,28 @@ def prefix_bag_features(
     ids: Tensor, targets: Tensor, vocab_size: int, ignore: int = -100
 ) -> tuple[Tensor, Tensor]:
     """Order-blind features of every target position of ``ids [N, L]``: the token counts of the prefix up
-    to and including the position, and the position's own token (one-hot): ``[P, 2 * vocab_size]`` and
-    the ``P`` targets."""
+    to and including the position, whether each token was seen exactly once, twice, or three times or
+    more, and the position's own token (one-hot): ``[P, 5 * vocab_size]`` and the ``P`` targets.
+
+    The seen-once indicators let a linear model prefer the tokens not yet repeated, which raw counts
+    cannot express (on selective copying, "copy a data token not yet copied" reaches the order-blind
+    optimum ``H_m / m``, 0.340 for 8 copies; raw counts alone gave 0.031, below chance)."""
     onehot = F.one_hot(ids, vocab_size).float()
     onehot[..., 0] = 0
     prefix = onehot.cumsum(dim=1)
     asked = targets != ignore
-    return torch.cat([prefix[asked], onehot[asked]], dim=-1), targets[asked]
+    counts = prefix[asked]
+    seen = [(counts == 1).float(), (counts == 2).float(), (counts >= 3).float()]
+    return torch.cat([counts, *seen, onehot[asked]], dim=-1), targets[asked]
 
 
 def sequence_bow_accuracy(
     train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], vocab_size: int, max_rows: int = 4000
 ) -> float:
     """Test accuracy, over target positions, of :func:`logistic_regression` on
-    :func:`prefix_bag_features` (fitted on the first ``max_rows`` training sequences): what can be
-    predicted without knowing the order of the tokens."""
+    :func:`prefix_bag_features` (fitted on the first ``max_rows`` training sequences, features not
+    standardised: the rare seen-three-times indicators would be blown up): what can be predicted without
+    knowing the order of the tokens."""
     x_tr, y_tr = prefix_bag_features(train[0][:max_rows], train[1][:max_rows], vocab_size)
     x_te, y_te = prefix_bag_features(test[0], test[1], vocab_size)
-    return logistic_regression((x_tr, y_tr), (x_te, y_te), vocab_size)
+    return logistic_regression((x_tr, y_tr), (x_te, y_te), vocab_size, standardize=False)

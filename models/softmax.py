@@ -126,13 +126,17 @@ def _to_last(x: Tensor, dim: int) -> Tensor:
 
 
 def _fill_below_support(z: Tensor, mask: Tensor | None, gap: float) -> Tensor:
-    """Replace masked entries by ``rowmax - gap``: low enough never to enter the support."""
+    """Shift each row by its largest unmasked entry and put the masked entries at ``-gap``: below the
+    support at any scale. (Filling ``rowmax - gap`` without the shift rounds back to ``rowmax`` once
+    ``|z|`` outgrows the dtype's resolution, ~1e8 in float32, and lets masked entries into the support.)
+    The normalisers are shift-invariant, so the output and its gradient are those of the unshifted row."""
     if mask is None:
         return z
     mask = mask.expand_as(z)
     kept_max = z.masked_fill(~mask, float("-inf")).amax(dim=-1, keepdim=True)
     kept_max = torch.where(torch.isfinite(kept_max), kept_max, torch.zeros_like(kept_max))
-    return torch.where(mask, z, kept_max.detach() - gap)
+    shifted = z - kept_max.detach()
+    return torch.where(mask, shifted, torch.full_like(shifted, -gap))
 
 
 class _Sparsemax(torch.autograd.Function):

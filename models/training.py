@@ -214,8 +214,8 @@ class PredictionTable:
             rows = [r for part in gathered for r in part]
         if trainer is None or not trainer.is_global_zero:
             return None
-        clean = str.maketrans({"\t": " ", "\n": " ", "\r": " "})
-        lines = ["\t".join(self.header)]
+        clean = str.maketrans({"\t": " ", "\n": " ", "\r": " "})  # class names too may hold them
+        lines = ["\t".join(h.translate(clean) for h in self.header)]
         for row in sorted(rows, key=lambda r: r[0]):
             cells = (f"{v:.6g}" if isinstance(v, float) else str(v).translate(clean) for v in row)
             lines.append("\t".join(cells))

@@ -58,6 +58,7 @@ class Group:
     ranks: dict[str, Rank] = field(default_factory=dict)
     metric: str = ""  # the metric that ranks this task's groups
     chance: float | None = None  # the task's chance level of ``metric`` (accuracy only)
+    duplicates: list[Run] = field(default_factory=list)  # copies of a counted run's config and seed
 
     def rank(self, metric: str | None = None) -> Rank:
         return self.ranks.get(metric or self.metric) or Rank()
@@ -234,7 +235,8 @@ def aggregate_with_verdicts(
             key = tuple(_value(run, k) for k in (*group_by, *extra))
             buckets.setdefault(key, []).append(run)
         rows = []
-        for key, group_runs in buckets.items():
+        for key, pooled in buckets.items():
+            group_runs, duplicates = _once_per_seed(pooled)
             names = sorted({m for r in group_runs for m in r.metrics})
             stats = {
                 m: Stat([r.metrics[m] for r in group_runs if m in r.metrics], metric_range(m)) for m in names
@@ -242,8 +244,8 @@ def aggregate_with_verdicts(
             durations = [r.duration_s for r in group_runs if r.duration_s is not None]
             chance = stats[CHANCE].mean if CHANCE in stats else None
             rows.append(
-                Group(split, key, group_runs, stats,
-                      sum(durations) / len(durations) if durations else None, chance=chance)
+                Group(split, key, group_runs, stats, sum(durations) / len(durations) if durations else None,
+                      chance=chance, duplicates=duplicates)
             )  # fmt: skip
         rows.sort(key=lambda g: tuple(_sortable(k) for k in g.key))
         ranked_by = ranking_metric({m for g in rows for m in g.stats}, metric)
@@ -257,6 +259,23 @@ def aggregate_with_verdicts(
         verdicts[split] = Verdict(text, extra, k)
         out[split] = rows
     return out, verdicts
+
+
+def _once_per_seed(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """The runs of one group with each seed once (the first found), and the copies set aside: runs of
+    one group share their config up to neutral keys, so two with one seed and one origin (code, libraries,
+    device) are one observation (a sweep run twice into one folder), not two. Runs of one seed from other
+    code or devices are kept (the report warns that it mixes them); runs without a seed are all kept."""
+    kept, copies, seen = [], [], set()
+    for r in runs:
+        seed = r.get("seed")
+        key = json.dumps([seed, r.origin], sort_keys=True, default=str)
+        if seed is not None and key in seen:
+            copies.append(r)
+            continue
+        seen.add(key)
+        kept.append(r)
+    return kept, copies
 
 
 def _sortable(value: Any) -> tuple[int, Any]:

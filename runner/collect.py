@@ -3,12 +3,13 @@ one), or a W&B project through its public API, as :class:`Run` s."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .records import RESULTS, Record, load_manifest, read_record, trial_dir
+from .records import MANIFEST, RESULTS, Record, load_manifest, read_record, trial_dir
 
 # Short names for config keys (``--group-by attention``).
 ALIASES = {
@@ -86,6 +87,22 @@ def _run(path: Path) -> Run:
     )
 
 
+def _find(root: Path, name: str) -> list[Path]:
+    """Every file called ``name`` under ``root``, following symbolic links to directories (a run
+    directory linked into a folder is part of it), each real directory once."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up, or a second link to one directory
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if name in files:
+            found.append(Path(top) / name)
+    return sorted(found)
+
+
 def collect(root: str | Path) -> list[Run]:
     """Every run under ``root``: its ``results.json`` files and the sweep trials that never wrote one.
 
@@ -95,20 +112,20 @@ def collect(root: str | Path) -> list[Run]:
     if not root.is_dir():
         raise ConfigError(f"{root}: no such directory")
     runs: dict[str, Run] = {}
-    for path in sorted(root.rglob(RESULTS)):
+    for path in _find(root, RESULTS):
         if "attempts" in path.relative_to(root).parts:
             continue
         run = _run(path)
         runs[run.run_dir] = run
     # A run killed before its first record still has the config.yaml written when it started.
-    for path in sorted(root.rglob("config.yaml")):
+    for path in _find(root, "config.yaml"):
         parts = path.relative_to(root).parts
         run_dir = str(path.parent.resolve())
         if "attempts" in parts or ".hydra" in parts or run_dir in runs:
             continue
         if (path.parent / "checkpoints").is_dir() or (path.parent / "csv").is_dir():
             runs[run_dir] = Run(run_dir, "no record", error="no results.json (killed before it was written?)")
-    for manifest_path in sorted(root.rglob("sweep.json")):
+    for manifest_path in _find(root, MANIFEST):
         try:
             manifest = load_manifest(manifest_path, strict=False)
         except ConfigError as e:

@@ -123,14 +123,17 @@ class Record(_JsonView):
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "record") -> Record:
-        """A record from its JSON form; ``ValueError`` naming ``where`` when it is not one. Values of the
-        wrong type (a hand-edited file) read as absent: metrics keep only numbers."""
+        """A record from its JSON form; ``ValueError`` naming ``where`` when it is not one, or when its
+        metrics are not a mapping. Other values of the wrong type (a hand-edited file) read as absent, and
+        the metrics keep only their numbers."""
         if not isinstance(data, dict):
             raise ValueError(f"{where}: unreadable run record (not a JSON object)")
         missing = [k for k in RECORD_KEYS if k not in data]
         if missing:
             raise ValueError(f"{where}: run record lacks {', '.join(missing)}")
-        raw = data["metrics"] if isinstance(data["metrics"], dict) else {}
+        raw = data["metrics"]
+        if not isinstance(raw, dict):  # a run's numbers that cannot be read are no completed run's numbers
+            raise ValueError(f"{where}: run record's metrics is not a JSON object ({type(raw).__name__})")
         return cls(
             status=str(data["status"]),
             run_dir=str(data["run_dir"]),

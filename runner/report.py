@@ -246,7 +246,9 @@ CAPTION = (
     "Cells: mean ± sample std [95% t-interval over seeds, clipped to the metric's range: [0, 1] for rates,"
     " [0, 100] for BLEU/chrF, ≥ 0 for losses]; counters (examples, steps, epochs) show their value or range."
     " A group pools the runs whose configs are equal except for the seed and keys that cannot change a"
-    " result (run name, logger, progress bar, threads); any other key that differs becomes a column."
+    " result (run name, logger, progress bar, threads); any other key that differs becomes a column. A seed"
+    " counts once per group: copies (the configuration, seed, code and device of a run already counted) are"
+    " set aside."
     " best: the best mean among groups with 2 or more seeds, marked only when some group differs from it"
     f" (Welch's t-test against it, Holm-corrected over the task's comparisons, α = {ALPHA}; for rates each"
     " group's std counts as at least one test example) and not every group is at chance level; ≈ best:"
@@ -263,6 +265,15 @@ def task_lines(rep: Report, split: str) -> list[str]:
     v = rep.verdicts.get(split)
     if v and v.split_keys:
         lines.append(f"Split on {', '.join(v.split_keys)}: runs that differ in these are not pooled.")
+    copies = [r for g in groups for r in g.duplicates]
+    if copies:
+        where = ", ".join(r.run_dir for r in copies[:3]) + (
+            f" and {len(copies) - 3} more" if len(copies) > 3 else ""
+        )
+        lines.append(
+            f"Set aside {len(copies)} duplicate run(s), the configuration, seed and origin of a run already"
+            f" counted (counted once): {where}."
+        )
     if v and v.text:
         lines.append(f"Verdict: {v.text}.")
     return lines
@@ -370,7 +381,10 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
     for split, groups in rep.groups.items():
         v = rep.verdicts.get(split) or Verdict("", [])
         tasks[split] = [group(g, v.split_keys) for g in groups]
-        verdicts[split] = {"verdict": v.text, "split_on": v.split_keys, "comparisons": v.comparisons}
+        verdicts[split] = {
+            "verdict": v.text, "split_on": v.split_keys, "comparisons": v.comparisons,
+            "duplicates_set_aside": [r.run_dir for g in groups for r in g.duplicates],
+        }  # fmt: skip
     return {
         "command": rep.command,
         "runs": len(rep.runs),

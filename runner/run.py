@@ -44,10 +44,11 @@ from .checkpoints import (
     metric_history,
     remove_partial_checkpoints,
 )
+from .errors import ConfigError
 from .machine import cpu_name, is_rank_zero
 from .paths import RUN_DIR_ENV, resolve_run_dir
 from .provenance import provenance
-from .records import RESULTS, DirLock, Record, RunRecord, config_digest, flatten, read_record
+from .records import RESULTS, DirLock, Record, RunRecord, config_digest, flatten, read_record, record_status
 from .resume import RESUMABLE_KEYS, Resume
 from .signals import RunInterrupted, SignalStop
 from .threads import ThreadPlan, apply_torch, thread_plan
@@ -307,8 +308,8 @@ def fit_and_test(
         metrics.update(_chance(dm))
         if cfg.baseline and trainer.is_global_zero:
             metrics.update(_baseline(dm))
-    lengths = cfg.task.get("eval_lengths")
-    if lengths and trainer.is_global_zero:
+    lengths = cfg.task.get("eval_lengths")  # [] still tests the training length
+    if lengths is not None and hasattr(dm, "at_length") and trainer.is_global_zero:
         data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}
         metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size))
     record.data.best_checkpoint = best
@@ -345,10 +346,26 @@ def run(
     # One writer per run directory: a second run or resume of it stops here, before touching anything.
     lock = DirLock(run_dir).acquire() if rank0 else None
     try:
+        if resume is None:
+            _refuse_reuse(run_dir, rank0)
         return _run_locked(cfg, run_dir, rank0, resume, threads, previous)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _refuse_reuse(run_dir: Path, rank0: bool) -> None:
+    """A new run never reuses a directory that holds a run (its record, or the config.yaml of one killed
+    before its record): ``ConfigError`` naming ``resume=`` and how to get a directory of its own. (Rank 0
+    writes config.yaml before the other DDP ranks start, so only it looks at that file.)"""
+    status = record_status(run_dir)
+    if (run_dir / RESULTS).exists() or (rank0 and (run_dir / "config.yaml").exists()):
+        what = f"a {status} run" if status else "a run (no readable record)"
+        raise ConfigError(
+            f"run directory {run_dir} already holds {what}; nothing was overwritten. Continue an interrupted"
+            f" run with attn train resume={run_dir}, or give this run a directory of its own (another"
+            " ATTN_RUN_DIR, or name=<name>: in a SLURM job every attn train needs its own name)"
+        )
 
 
 def _start_record(

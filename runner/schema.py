@@ -342,6 +342,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check_precision(tr)
     if tr.max_epochs < -1 or tr.max_epochs == 0:
         raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")
+    if tr.max_steps < -1 or tr.max_steps == 0:  # 0 steps would train nothing and still 'complete'
+        raise ConfigError(f"trainer.max_steps={tr.max_steps} is invalid: must be >= 1 (or -1, no limit)")
+    for stage in ("train", "val", "test"):
+        limit = tr[f"limit_{stage}_batches"]
+        if _number(limit) and limit <= 0:  # no batches: nothing trained, validated or tested
+            raise ConfigError(
+                f"trainer.limit_{stage}_batches={limit} is invalid: must be > 0 (a fraction of the batches,"
+                " or a number of them), or null for all"
+            )
     if cfg.diagnostics.batches < 0:
         raise ConfigError(f"diagnostics.batches={cfg.diagnostics.batches} is invalid: must be >= 0")
     _check_optim(cfg.optim)
@@ -354,10 +363,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=<value>")
+    lengths = cfg.task.get("eval_lengths")
+    if lengths is not None and not (
+        isinstance(lengths, ListConfig)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in lengths)
+    ):
+        shown = OmegaConf.to_container(lengths) if isinstance(lengths, ListConfig) else lengths
+        raise ConfigError(
+            f"task.eval_lengths={shown!r} is invalid: must be a list of whole numbers, e.g. [8,16,32],"
+            " or null"
+        )
     for key, node in cfg.task.items():
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_target(f"task.{key}", node)
-    lengths = cfg.task.get("eval_lengths")
     if lengths:
         target = str(cfg.task.datamodule.get("_target_", ""))
         module, _, name = target.rpartition(".")

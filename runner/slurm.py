@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import io
 import os
 import re
 import signal
@@ -162,7 +163,11 @@ class AttnSlurmLauncher(SlurmLauncher):
                 (list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}", state)
                 for i, o in submit
             ]
-            submitted = self._executor().map_array(self, *zip(*params, strict=True))
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error as well
+                    submitted = self._executor().map_array(self, *zip(*params, strict=True))
+            except Exception as e:  # sbatch refused (no such partition, too much memory, ...): none submitted
+                return self._refused(root, e, job_overrides, tids, [tids[i] for i, _ in submit], adopted)
             jobs.update({tids[i]: job.job_id for (i, _), job in zip(submit, submitted, strict=True)})
             with locked_manifest(root) as m:
                 for t in m.trials:
@@ -186,6 +191,27 @@ class AttnSlurmLauncher(SlurmLauncher):
                 flush=True,
             )
             raise
+        return [
+            JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=statuses[tid])
+            for o, tid in zip(job_overrides, tids, strict=True)
+        ]
+
+    def _refused(
+        self, root: Path, error: Exception, job_overrides: Sequence[Sequence[str]], tids: list[str],
+        refused: list[str], adopted: dict[str, str],
+    ) -> list[Any]:  # fmt: skip
+        """sbatch refused the array: its trials are marked ``refused`` with sbatch's line, the manifest
+        keeps the reason for :func:`attn.runner.sweep.launch` to report, and live jobs adopted from an
+        earlier session are still waited for."""
+        from hydra.core.utils import JobReturn, JobStatus
+
+        text = str(error).strip()
+        why = text.splitlines()[-1] if text else type(error).__name__
+        with locked_manifest(root) as m:
+            for tid in refused:
+                m.trial(tid).update(status="refused", error=f"sbatch refused the job: {why}")
+            m.extra["refused"] = why
+        statuses = {**dict.fromkeys(refused, "refused"), **(self._wait(root, adopted) if adopted else {})}
         return [
             JobReturn(overrides=list(o), status=JobStatus.COMPLETED, _return_value=statuses[tid])
             for o, tid in zip(job_overrides, tids, strict=True)

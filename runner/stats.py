@@ -10,6 +10,9 @@ from dataclasses import dataclass
 ALPHA = 0.05
 LOWER_IS_BETTER = ("loss", "ece", "error", "perplexity", "steps_to")
 COUNTERS = ("/examples", "/steps", "/epochs")  # metrics that count things: no mean ± CI, no ranking
+# Metric names that end so are rates in [0, 1] (intervals clipped there, a Welch floor of one example):
+# accuracies, exact-match rates (test/exact: the share of sequences reproduced exactly), F1, ECE, ...
+RATES = ("acc", "exact", "f1", "ece", "precision", "recall", "auc", "success_rate")
 CHANCE = "test/chance_acc"  # majority-class accuracy of the test split, logged by classification tasks
 
 
@@ -30,13 +33,14 @@ def lower_is_better(metric: str) -> bool:
 
 
 def metric_range(metric: str) -> tuple[float, float]:
-    """The values ``metric`` can take: rates in [0, 1], BLEU/chrF in [0, 100], losses, step counts and
-    entropies >= 0; a metric measured at a length (``test/acc@16``) has the range of its base metric."""
+    """The values ``metric`` can take: rates (:data:`RATES`) in [0, 1], BLEU/chrF in [0, 100], losses,
+    step counts and entropies >= 0; a metric measured at a length (``test/acc@16``) has the range of its
+    base metric."""
     base = metric.split("@")[0]
     name = base.split("/")[-1]
     if name.endswith(("bleu", "chrf")):
         return 0.0, 100.0
-    if name.endswith(("acc", "f1", "ece", "precision", "recall", "auc")):
+    if name.endswith(RATES):
         return 0.0, 1.0
     if lower_is_better(base) or name == "entropy":
         return 0.0, math.inf

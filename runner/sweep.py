@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from attn.datamodules.files import write_text_atomic
 
 from .config import load
@@ -36,6 +38,7 @@ from .records import (
     DirLock,
     Manifest,
     Trial,
+    config_digest,
     locked_manifest,
     read_manifest,
     read_record,
@@ -64,8 +67,6 @@ def load_preset(name: str) -> dict[str, Any]:
     """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...},
     "skip_invalid": bool}``; ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command
     line wins); ``skip_invalid: true`` drops the grid's impossible combinations (listed as skipped)."""
-    from omegaconf import OmegaConf
-
     path = CONF_DIR / "sweep" / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(group_options('sweep'))}")
@@ -103,6 +104,8 @@ def split_args(args: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 LAUNCHER_PREFIX = "hydra.launcher."
+# Numeric launcher settings that may be 0 (every other one, a memory, a time, a count, must be >= 1).
+LAUNCHER_COUNTS_FROM_ZERO = ("max_num_timeout", "signal_delay_s", "verbose")
 # Launcher keys that attn sets itself from the sweep and its trials (n_jobs=, trainer.devices, ...).
 OWN_LAUNCHER_KEYS = {
     "n_jobs": "n_jobs=<n>",
@@ -128,7 +131,6 @@ def _launcher_schema(launcher: str) -> Any:
 def launcher_overrides(launcher: str, settings: dict[str, str]) -> list[str]:
     """The ``hydra.launcher.<key>=<value>`` settings checked against the launcher's own keys and types:
     ``ConfigError`` in one line naming the bad key and the valid ones, or the bad value."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     given = {k[len(LAUNCHER_PREFIX) :]: v for k, v in settings.items() if k.startswith(LAUNCHER_PREFIX)}
@@ -156,12 +158,18 @@ def launcher_overrides(launcher: str, settings: dict[str, str]) -> list[str]:
             )
     for key, value in given.items():  # the launcher's types: a bad value is named with its key
         try:
-            OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist([f"{key}={value}"]))
+            merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist([f"{key}={value}"]))
         except OmegaConfBaseException as e:
             why = str(e).strip().splitlines()[0]
             raise ConfigError(
                 f"{LAUNCHER_PREFIX}{key}={value} is invalid for launcher={launcher}: {why}"
             ) from None
+        number = OmegaConf.select(merged, key)
+        low = 0 if key in LAUNCHER_COUNTS_FROM_ZERO else 1
+        if isinstance(number, int | float) and not isinstance(number, bool) and number < low:
+            raise ConfigError(
+                f"{LAUNCHER_PREFIX}{key}={value} is invalid for launcher={launcher}: must be >= {low}"
+            )
     return [f"{LAUNCHER_PREFIX}{k}={v}" for k, v in given.items()]
 
 
@@ -232,6 +240,7 @@ def plan(
     if not grid:
         raise ConfigError("nothing to sweep: give sweep=<preset> or a key with values, e.g. seed=0,1,2")
     entries, skipped = [], []
+    seen: dict[str, str] = {}  # config digest -> the trial that runs it
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
     root = (Path(sweep_dir) if sweep_dir else Path("sweeps") / f"{stamp}-{short_name(name)}").resolve()
     width = max(3, len(str(len(trials) - 1)))
@@ -243,7 +252,13 @@ def plan(
                 skipped.append(f"{' '.join(overrides)}: {e}")
                 continue
             raise ConfigError(f"trial {' '.join(overrides)}: {e} (or pass --skip-invalid)") from e
+        # Values that compose to one config (temperature=1,1.0,1e0; seed=0,0,1) are one trial, run once.
+        digest = config_digest(OmegaConf.to_container(cfg, resolve=True), ("name",))
+        if digest in seen:
+            skipped.append(f"{' '.join(overrides)}: the same configuration as trial {seen[digest]}, run once")
+            continue
         tid = f"{len(entries):0{width}d}"
+        seen[digest] = tid
         values = trial_values(overrides, grid)
         slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
         entries.append(
@@ -548,7 +563,29 @@ def launch(sweep_dir: str | Path) -> Manifest:
         signal.signal(signal.SIGTERM, previous)
         sys.argv = saved
         GlobalHydra.instance().clear()
+    _report_refusal(root)
     return read_manifest(root)
+
+
+def _report_refusal(root: Path) -> None:
+    """A sweep whose jobs the scheduler refused ends in one line (``ConfigError``). When none of its
+    trials ever started, its manifest is removed, so that the corrected command runs with the same
+    ``--dir``; otherwise ``--resume`` with corrected launcher settings submits the refused trials."""
+    with locked_manifest(root) as m:
+        why = m.extra.pop("refused", None)
+        fresh = all(t.attempts == 0 and "slurm_job" not in t.extra for t in m.trials)
+    if why is None:
+        return
+    if fresh:
+        (root / MANIFEST).unlink(missing_ok=True)
+        raise ConfigError(
+            f"sbatch refused the sweep's jobs: {why}; nothing was submitted, and {root} holds no sweep:"
+            " correct the setting and run the same command again"
+        )
+    raise ConfigError(
+        f"sbatch refused the sweep's jobs: {why}; the refused trials are marked 'refused': submit them with"
+        f" attn sweep --resume {root} and corrected launcher settings (e.g. hydra.launcher.partition=...)"
+    )
 
 
 def _stop_handler(root: Path) -> Any:
@@ -595,8 +632,8 @@ def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:
     return root
 
 
-def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
-    """Apply ``launcher=``, ``n_jobs=`` and ``hydra.launcher.<key>=`` given with ``--resume`` (earlier
+def _apply_resume_settings(m: Manifest, args: list[str]) -> None:
+    """``launcher=``, ``n_jobs=`` and ``hydra.launcher.<key>=`` of ``--resume`` applied to ``m`` (earlier
     launcher settings stay unless given again; another launcher drops them); anything else is an error."""
     settings, rest = split_args(args)
     allowed = ("launcher", "n_jobs")
@@ -607,17 +644,32 @@ def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
         raise ConfigError(f"--resume keeps the sweep's grid; cannot apply {' '.join(bad)}")
     if not settings:
         return
-    with locked_manifest(sweep_dir) as m:
-        launcher = settings.get("launcher", m.launcher)
-        if launcher not in LAUNCHERS:
-            raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
-        # The launcher settings of the first session stay unless given again (another launcher: dropped).
-        before = m.launcher_overrides
-        kept = dict(o.split("=", 1) for o in before) if launcher == m.launcher else {}
-        merged = {**kept, **{k: v for k, v in settings.items() if k.startswith(LAUNCHER_PREFIX)}}
-        m.launcher_overrides = launcher_overrides(launcher, merged)
-        m.launcher = launcher
-        m.n_jobs = _positive_int("n_jobs", settings.get("n_jobs", str(m.n_jobs)))
+    launcher = settings.get("launcher", m.launcher)
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher {launcher!r}; valid choices: {', '.join(LAUNCHERS)}")
+    # The launcher settings of the first session stay unless given again (another launcher: dropped).
+    before = m.launcher_overrides
+    kept = dict(o.split("=", 1) for o in before) if launcher == m.launcher else {}
+    merged = {**kept, **{k: v for k, v in settings.items() if k.startswith(LAUNCHER_PREFIX)}}
+    m.launcher_overrides = launcher_overrides(launcher, merged)
+    m.launcher = launcher
+    m.n_jobs = _positive_int("n_jobs", settings.get("n_jobs", str(m.n_jobs)))
+
+
+def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
+    """Apply the settings given with ``--resume`` to the sweep's manifest (see ``_apply_resume_settings``)."""
+    _apply_resume_settings(read_manifest(sweep_dir), args)  # checked before the manifest is locked
+    if split_args(args)[0]:
+        with locked_manifest(sweep_dir) as m:
+            _apply_resume_settings(m, args)
+
+
+def plan_resume(sweep_dir: str | Path, args: list[str]) -> tuple[Manifest, list[Trial]]:
+    """What ``attn sweep --resume DIR ARGS`` would run, without running or writing anything
+    (``--dry-run``): the manifest with the settings applied in memory, and the trials not completed."""
+    m = read_manifest(sweep_dir)
+    _apply_resume_settings(m, args)
+    return m, [t for t in m.trials if not trial_done(sweep_dir, t)]
 
 
 def summary(manifest: Manifest) -> tuple[str, list[Trial]]:

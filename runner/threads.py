@@ -63,6 +63,7 @@ class ThreadPlan:
     spin_count: str | None = None  # GOMP_SPINCOUNT in force
     step_gflop: float | None = None  # estimated training GFLOP per step, None when unknown
     env_in_time: bool = True  # set before torch was imported (else OpenMP kept its own settings)
+    requested: int | None = None  # what threads= or OMP_NUM_THREADS asked for, when above the CPUs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +160,11 @@ def thread_plan(
     else:
         useful = cpus if flops is None else max(1, math.floor(flops / FLOPS_PER_THREAD))
         mode, threads = "auto", min(cpus, useful)
-    return ThreadPlan(mode, threads, cpus, ranks, limits, wait, spin, gflop)
+    # More threads than CPUs never helps, and 100000 of them exhaust memory (or crash OpenMP): capped.
+    available, requested = min(limits.values()), None
+    if threads > available:
+        requested, threads = threads, available
+    return ThreadPlan(mode, threads, cpus, ranks, limits, wait, spin, gflop, requested=requested)
 
 
 def prepare(cfg: Any) -> ThreadPlan:
@@ -168,9 +173,18 @@ def prepare(cfg: Any) -> ThreadPlan:
     Raises the config's one-line error for a bad ``threads`` value.
     """
     try:
-        return apply_env(thread_plan(cfg))
+        p = apply_env(thread_plan(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if p.requested is not None:
+        source = "threads" if p.mode == "threads" else "OMP_NUM_THREADS"
+        print(
+            f"attn: {source}={p.requested} is more than the {min(p.limits.values())} CPUs this process may"
+            f" use; using {p.threads} threads",
+            file=sys.stderr,
+            flush=True,
+        )
+    return p
 
 
 def apply_env(p: ThreadPlan, env: MutableMapping[str, str] | None = None) -> ThreadPlan:

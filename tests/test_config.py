@@ -125,3 +125,34 @@ def test_gpu_trainer_is_checked_against_the_machine(monkeypatch):
     check_devices(gpu)
     with pytest.raises(ConfigError, match=r"^trainer.devices=2 but this machine has 1 GPU\(s\)"):
         check_devices(load(["trainer=gpu", "trainer.devices=2"]))
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (["task=mqar", "task.datamodule.values=0"], "task.datamodule.values=0"),
+        (["task=mqar", "task.datamodule.values=-3"], "task.datamodule.values=-3"),
+        (["task=mqar", "task.datamodule.keys=0"], "task.datamodule.keys=0"),
+        (["task=max_retrieval", "task.datamodule.classes=0"], "task.datamodule.classes=0"),
+        (["task=max_retrieval", "task.datamodule.priorities=-1"], "task.datamodule.priorities=-1"),
+        (["task=selective_copy", "task.datamodule.data_tokens=0"], "task.datamodule.data_tokens=0"),
+        (["task=selective_copy", "task.datamodule.copies=-1"], "task.datamodule.copies=-1"),
+        (["task=mqar", "task.datamodule.n_val=-2"], "task.datamodule.n_val=-2"),
+        (["task=translation", "task.datamodule.n_train=0"], "task.datamodule.n_train=0"),
+        (["task=translation", "task.datamodule.max_number=0"], "task.datamodule.max_number=0"),
+        (
+            ["task=translation", "task.datamodule.n_train=20000"],
+            "do not fit below task.datamodule.max_number",
+        ),
+        (["trainer.max_steps=0"], "trainer.max_steps=0 is invalid: must be >= 1"),
+        (["trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 is invalid: must be > 0"),
+        (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 is invalid: must be > 0"),
+    ],
+)
+def test_sizes_that_would_divide_by_zero_or_fail_late_are_one_line(overrides, named):
+    """Zero and negative sizes stop at config time with the key named (issue 25: values=0 was a
+    ZeroDivisionError, keys=0 a message about pairs, negative sizes failed late in torch; max_steps=0 and
+    limit_test_batches=0 trained or tested nothing and recorded 'completed')."""
+    with pytest.raises(ConfigError) as e:
+        load(overrides)
+    assert named in str(e.value) and "\n" not in str(e.value)

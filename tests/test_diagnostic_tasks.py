@@ -129,7 +129,7 @@ def test_bad_settings_are_one_line_config_errors(overrides, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", [*TASKS, "mqar_zoology"])
 def test_fast_dev_run_of_each_task(task, fast):
     record, exc = run(load([*fast, f"task={task}", "trainer.fast_dev_run=true", "task.eval_lengths=[]"]))
     assert exc is None and record["status"] == "completed", record["error"]
@@ -305,7 +305,7 @@ def test_sequence_model_is_causal():
 
 def test_presets_of_the_diagnostic_tasks_compose(tmp_path):
     for name in Path(__file__).parents[1].joinpath("conf/task").glob("*.yaml"):
-        if name.stem in TASKS:
+        if name.stem in (*TASKS, "mqar_zoology"):
             cfg = load([f"task={name.stem}"])
             assert cfg.model.max_len >= cfg.task.datamodule.max_len
 
@@ -391,3 +391,66 @@ def test_lower_snr_adds_more_noise():
         noisy = synthesise(u, 16000, 16000, noise=True, snr_db=(snr, snr))
         ratios.append(float(np.mean((noisy - quiet) ** 2)))
     assert ratios[1] > 50 * ratios[0]  # 20 dB apart: 100x the noise power
+
+
+def test_empty_eval_lengths_keep_the_training_length_and_words_are_refused(fast):
+    """task.eval_lengths=[] tests the training length only (it dropped it before); a value that is no
+    list of whole numbers is one line, not the letters of a word read as lengths (issue 25)."""
+    overrides = [*fast, "task=max_retrieval", "task.datamodule.items=8", "trainer.max_epochs=1"]
+    record, exc = run(load([*overrides, "task.eval_lengths=[]"]))
+    assert exc is None, record["error"]
+    assert [k for k in record["metrics"] if k.startswith("test/acc@")] == ["test/acc@8"]
+    for bad in ("eight", "[8,x]", "8"):
+        with pytest.raises(ConfigError, match=r"task\.eval_lengths=.* is invalid: must be a list of whole"):
+            load([*overrides, f"task.eval_lengths={bad}"])
+
+
+def test_zoology_generator_is_zoologys_mqar():
+    """task=mqar_zoology: distinct keys and values, each key queried once at an even slot of the query
+    region drawn from a power law, its bound value the target, filler elsewhere (issue 25: the task
+    claimed Zoology's MQAR but drew values with replacement and put the queries right after the pairs)."""
+    dm = MQARDataModule(generator="zoology", pairs=8, n_train=2000, n_val=10, n_test=10, max_len=64)
+    ids, targets = dm.generate(2000, 8, torch.Generator().manual_seed(0))
+    assert ids.shape == (2000, 64) and dm.tokens(8) == 64
+    keys, values = ids[:, 0:16:2], ids[:, 1:16:2]
+    assert all(len(set(r.tolist())) == 8 for r in keys) and all(len(set(r.tolist())) == 8 for r in values)
+    assert ((keys >= 1) & (keys <= 64)).all() and ((values > 64) & (values <= 128)).all()
+    asked = targets != IGNORE
+    assert (asked.sum(1) == 8).all() and not asked[:, :16].any()
+    where = asked.nonzero()[:, 1] - 16
+    assert (where % 2 == 0).all()  # queries at even offsets of the region, as Zoology places them
+    for row in range(50):  # every key queried once, and the target is its value
+        bound = dict(zip(keys[row].tolist(), values[row].tolist(), strict=True))
+        queried = {ids[row, c].item(): targets[row, c].item() for c in asked[row].nonzero().flatten()}
+        assert queried == bound
+    slots = where.float() / 2
+    assert slots.mean() < 0.8 * (24 - 1) / 2  # the power law puts queries near the pairs (uniform: 11.5)
+    uniform = MQARDataModule(generator="zoology", power_a=1.0, n_train=10, n_val=10, n_test=10, max_len=64)
+    flat = (uniform.generate(2000, 8, torch.Generator().manual_seed(0))[1] != IGNORE).nonzero()[:, 1]
+    assert ((flat - 16) / 2).float().mean() == pytest.approx(11.5, abs=0.5)
+    with pytest.raises(ValueError, match=r"generator='zoo' is unknown; valid choices: attn, zoology"):
+        MQARDataModule(generator="zoo")
+
+
+def test_order_blind_ceilings_of_the_two_mqar_generators():
+    """The best guess without order is a most frequent value of the sequence: E[max count] / pairs,
+    0.172 for attn's 8 pairs of 64 values drawn with replacement; 1/8 for Zoology's distinct values."""
+    g = torch.Generator().manual_seed(1)
+    for generator, ceiling in (("attn", 0.172), ("zoology", 0.125)):
+        dm = MQARDataModule(generator=generator, n_train=10, n_val=10, n_test=10, max_len=64)
+        ids, _ = dm.generate(20000, 8, g)
+        values = ids[:, 1:16:2]
+        most = torch.stack([torch.bincount(r, minlength=129).max() for r in values]).float()
+        assert (most.mean() / 8).item() == pytest.approx(ceiling, abs=0.003), generator
+
+
+def test_sequence_baseline_reaches_the_order_blind_optimum_of_selective_copying():
+    """Raw counts gave 0.031, below chance 1/16; with seen-once indicators the baseline reaches
+    H_8 / 8 = 0.340, the accuracy of copying a data token not yet copied (issue 25)."""
+    from attn.models.baseline import sequence_bow_accuracy
+
+    dm = SelectiveCopyDataModule(n_train=4000, n_val=10, n_test=1000)
+    dm.setup("fit")
+    acc = sequence_bow_accuracy(dm.datasets["train"].tensors, dm.datasets["test"].tensors, dm.vocab_size)
+    optimum = sum(1 / k for k in range(1, 9)) / 8
+    assert optimum == pytest.approx(0.3397, abs=1e-4) and acc == pytest.approx(optimum, abs=0.03)

@@ -235,3 +235,35 @@ def test_resume_from_an_epoch_end_matches_the_uninterrupted_run(fast, tmp_path, 
     for key, value in full["metrics"].items():
         assert final["metrics"][key] == pytest.approx(value, abs=1e-6), key
     assert _steps(tmp_path / "cut") == _steps(Path(full["run_dir"]))  # one row per validation, no gaps
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_the_old_file_intact(tmp_path, monkeypatch):
+    """A full disk while a file is written (predictions, records, checkpoints all go through one atomic
+    write) removes the temporary file: nothing fills the disk further (issue 25: a 2.7 MB temporary
+    predictions file stayed). Temporaries live beside their destination, never in $TMPDIR."""
+    import errno
+    import tempfile
+
+    from attn.datamodules.files import atomic_write, write_text_atomic
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    target = tmp_path / "predictions" / "test.tsv"
+    target.parent.mkdir()
+    write_text_atomic(target, "index\tlabel\n")
+
+    def disk_full(f):
+        f.write(b"x" * 100_000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, disk_full)
+    assert target.read_text() == "index\tlabel\n" and [p.name for p in target.parent.iterdir()] == [
+        "test.tsv"
+    ]
+    from attn.runner.checkpoints import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1000)}, tmp_path / "checkpoints" / "last.ckpt")
+    assert list(scratch.iterdir()) == []

@@ -122,3 +122,17 @@ def test_report_shows_provenance_and_warns_on_mixed_versions(classified, tmp_pat
     assert len(warnings) == 1 and "compares runs of 2 code versions" in warnings[0]
     assert "1.0.0" in warnings[0]
     assert report.groups  # the report itself still aggregates
+
+
+def test_prediction_table_keeps_one_line_per_row_whatever_the_labels():
+    """Class names with a tab or a newline (they become the p_<class> columns) no longer break the
+    header of predictions/test.tsv (issue 25); cells were already cleaned."""
+    from types import SimpleNamespace
+
+    from attn.models.training import PredictionTable
+
+    trainer = SimpleNamespace(global_rank=0, world_size=1, is_global_zero=True)
+    table = PredictionTable(["label", "predicted", "p_left\tright", "p_up\ndown"])
+    table.add(trainer, [["left\tright", "up\ndown", 0.25, 0.75]])
+    lines = table.gather(trainer).splitlines()
+    assert lines == ["index\tlabel\tpredicted\tp_left right\tp_up down", "0\tleft right\tup down\t0.25\t0.75"]

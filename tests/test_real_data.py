@@ -313,3 +313,22 @@ def test_fortunes_format_split_and_dedup(tmp_path, fast):
         )
     )
     assert exc is None, exc
+
+
+def test_a_huge_line_is_refused_with_bounded_memory(tmp_path):
+    """A line of hundreds of MB once took 18 GB to read (issue 25): lines are read one at a time, and
+    one longer than the reader's bound is one error naming the file and line."""
+    import tracemalloc
+
+    from attn.datamodules.textfile import MAX_LINE_BYTES
+
+    path = tmp_path / "train.tsv"
+    with path.open("w") as f:
+        f.write("pos\tfine words\n")
+        f.write("neg\t" + "word " * (MAX_LINE_BYTES // 5 + 10) + "\n")
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"train\.tsv:2: a line longer than 16 MiB; split or shorten it"):
+        read_examples(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 3 * MAX_LINE_BYTES, peak

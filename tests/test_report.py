@@ -13,7 +13,7 @@ from attn.datamodules.files import write_json_atomic
 from attn.runner.aggregate import aggregate, aggregate_with_verdicts
 from attn.runner.collect import Run, collect, collect_wandb
 from attn.runner.errors import ConfigError
-from attn.runner.report import build
+from attn.runner.report import build, task_lines
 from attn.runner.stats import Stat, holm, lower_is_better, welch_p
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 0.975, 2 degrees of freedom (from tables)
@@ -415,6 +415,20 @@ def test_intervals_respect_the_metric_range(tmp_path):
     assert metric_range("test/entropy@16/l0")[0] == 0.0 and metric_range("val/steps_to_90pct")[0] == 0.0
 
 
+def test_exact_match_is_a_rate():
+    """test/exact (translation's exact-match share) follows the rate rules: an interval clipped to
+    [0, 1] and a Welch floor of one test example (issue 25)."""
+    from attn.runner.stats import metric_range, resolution
+
+    assert metric_range("test/exact") == (0.0, 1.0) and metric_range("test/exact@16") == (0.0, 1.0)
+    assert resolution("test/exact", [1000.0, 500.0]) == pytest.approx(1 / 500)
+    assert Stat([0.99, 1.0, 1.0], metric_range("test/exact")).ci[1] == 1.0
+    exact = Stat([1.0, 1.0, 1.0], metric_range("test/exact"))
+    near = Stat([0.998, 0.998, 0.998], metric_range("test/exact"))
+    # seeds that agree exactly: without the floor the difference of one example in 500 looked certain
+    assert welch_p(exact, near, resolution("test/exact", [500.0])) > 0.05
+
+
 def test_summary_csv_has_each_metrics_own_columns(tmp_path):
     table = {
         ("scaled_dot", 1.0): [0.95, 0.96, 0.97],
@@ -506,8 +520,13 @@ def test_hand_edited_records_are_read_defensively(runs_dir, tmp_path):
     manifest["trials"].append({"id": "100"})  # a trial without run_dir
     (runs_dir / "sweep.json").write_text(json.dumps(manifest))
     runs = {Path(r.run_dir).name: r for r in collect(runs_dir)}
-    edited = runs["edited"]
-    assert edited.metrics == {} and edited.duration_s is None and edited.config == {} and edited.error == "42"
+    edited = runs["edited"]  # metrics that are no mapping: not a completed run with its numbers dropped
+    assert edited.status == "corrupt" and "metrics is not a JSON object (list)" in edited.error
+    record.update(metrics={"test/acc": 0.7, "test/note": "n/a"})
+    path.write_text(json.dumps(record))
+    edited = {Path(r.run_dir).name: r for r in collect(runs_dir)}["edited"]
+    assert edited.metrics == {"test/acc": 0.7} and edited.duration_s is None and edited.config == {}
+    assert edited.status == "completed" and edited.error == "42"
     assert runs["killed"].status == "no record"
     assert any(r.status == "corrupt" and "trial 1 has no run_dir" in (r.error or "") for r in runs.values())
     out = CliRunner().invoke(app, ["report", str(runs_dir), "--no-plots", "--out", "/proc/attn-report"])
@@ -515,3 +534,49 @@ def test_hand_edited_records_are_read_defensively(runs_dir, tmp_path):
     assert "Traceback" not in out.output
     ok = CliRunner().invoke(app, ["report", str(runs_dir), "--no-plots", "--out", str(tmp_path / "r")])
     assert ok.exit_code == 0 and "no record: " in ok.output, ok.output
+
+
+def test_copies_of_a_sweep_are_counted_once(runs_dir, tmp_path):
+    """Three copies of one sweep under one folder are 3 seeds, not 9 (issue 25: the copies turned "no
+    group differs" into "best"); the copies are set aside and named."""
+    single = aggregate_with_verdicts(collect(runs_dir), "test/acc")
+    root = tmp_path / "three"
+    for copy in ("a", "b", "c"):
+        shutil.copytree(runs_dir, root / copy)
+    groups, verdicts = aggregate_with_verdicts(collect(root), "test/acc")
+    (split,) = groups
+    assert [g.stats["test/acc"].n for g in groups[split]] == [g.stats["test/acc"].n for g in single[0][split]]
+    assert [g.p_value for g in groups[split]] == [g.p_value for g in single[0][split]]
+    assert verdicts[split].text == single[1][split].text
+    assert sum(len(g.duplicates) for g in groups[split]) == 2 * 10  # two extra copies of 10 completed runs
+    rep = build(collect(root), tmp_path / "r", plots=False)
+    line = next(t for t in task_lines(rep, split) if t.startswith("Set aside"))
+    assert line.startswith("Set aside 20 duplicate run(s)") and str(root / "b") in line
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(data["verdicts"][split]["duplicates_set_aside"]) == 20
+
+
+def test_ctrl_c_during_report_is_exit_130(runs_dir, monkeypatch):
+    """Ctrl-C while the report is written ends the command with 130 and one line, never exit 0."""
+    from typer.testing import CliRunner
+
+    import attn.runner.report as report
+    from attn.cli.main import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "build", interrupted)
+    out = CliRunner().invoke(app, ["report", str(runs_dir)])
+    assert out.exit_code == 130 and "error: attn report interrupted" in out.output
+
+
+def test_symlinked_run_directories_are_read(runs_dir, tmp_path):
+    """A run directory linked into the report's folder is part of it (it was skipped without a word)."""
+    elsewhere = tmp_path / "elsewhere"
+    fake_run(elsewhere, "linked", "dot", 1.0, 0, 0.5)
+    (runs_dir / "trials" / "link").symlink_to(elsewhere / "linked", target_is_directory=True)
+    (runs_dir / "loop").symlink_to(runs_dir, target_is_directory=True)  # a link back up: read once
+    runs = collect(runs_dir)
+    assert [r.run_dir for r in runs].count(str((elsewhere / "linked").resolve())) == 1
+    assert len(runs) == len(collect(runs_dir)) == 13 + 1

@@ -80,6 +80,18 @@ def test_launcher_settings_reach_the_launcher():
         (["hydra.launcher.tasks_per_node=2"], "is set by attn from trainer.devices; give that instead"),
         (["hydra.launcher.n_jobs=4", "launcher=joblib"], "set by attn from n_jobs=<n>"),
         (["hydra.launcher.partition=x", "launcher=basic"], "launcher=basic has no settings"),
+        (
+            ["hydra.launcher.mem_gb=-1"],
+            "hydra.launcher.mem_gb=-1 is invalid for launcher=slurm: must be >= 1",
+        ),
+        (
+            ["hydra.launcher.timeout_min=0"],
+            "hydra.launcher.timeout_min=0 is invalid for launcher=slurm: must be",
+        ),
+        (
+            ["hydra.launcher.signal_delay_s=-5"],
+            "signal_delay_s=-5 is invalid for launcher=slurm: must be >= 0",
+        ),
     ],
 )
 def test_launcher_setting_errors_are_one_line(tmp_path, args, message):
@@ -254,6 +266,46 @@ def test_only_rank_zero_says_it_was_interrupted(monkeypatch, capsys, tmp_path):
         stop.handle(signal.SIGUSR1, None)  # a repeat (SLURM signals every process of the job): ignored
         assert stop.signum == signal.SIGUSR1
         assert capsys.readouterr().err.count("SIGUSR1 received") == expected
+
+
+def _fake_slurm(tmp_path: Path) -> dict[str, str]:
+    """``sbatch`` that refuses every job as SLURM does for a partition it does not have, and an empty
+    ``squeue``, first on PATH."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpuu' >&2\n"
+        "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\nexit 1\n"
+    )
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "squeue"):
+        (bin_dir / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WANDB_MODE": "disabled"}
+
+
+def test_a_refused_sbatch_is_one_line_and_blocks_no_retry(tmp_path):
+    """sbatch refusing the array (a partition that does not exist) ends the sweep in one line, exit 2;
+    a fresh sweep leaves no manifest, so the corrected command can run with the same --dir (issue 25:
+    submitit's FailedJobError traceback, trials left pending)."""
+    env = _fake_slurm(tmp_path)
+    args = ["sweep", "seed=0,1", *TINY, "launcher=slurm", "hydra.launcher.partition=gpuu", "--dir", "s"]
+    out = subprocess.run([ATTN, *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("error: sbatch refused the sweep's jobs: sbatch: error: Batch job submission")
+    assert "run the same command again" in line and not (tmp_path / "s" / "sweep.json").exists()
+    start(["seed=0,1", *TINY], str(tmp_path / "s"), False)  # the retry is not blocked
+    # A sweep that had submitted before keeps its manifest; the refused trials say what happened.
+    with locked_manifest(tmp_path / "s") as m:
+        m.trials[0].extra["slurm_job"] = "41_0"
+    resumed = subprocess.run(
+        [ATTN, "sweep", "--resume", "s", "launcher=slurm"], capture_output=True, text=True, cwd=tmp_path,
+        env=env, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 2 and "attn sweep --resume" in resumed.stderr.strip().splitlines()[-1]
+    trials = read_manifest(tmp_path / "s").trials
+    assert [t.status for t in trials] == ["refused", "refused"]
+    assert trials[0].error.startswith("sbatch refused the job: sbatch: error: Batch job submission failed")
 
 
 # --------------------------------------------------------------------------------------------

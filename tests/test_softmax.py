@@ -261,3 +261,29 @@ def test_sparse_normalisers_stay_exact_for_large_logits(name):
     p64 = get_softmax(name)(z.double(), temperature=0.05)
     torch.testing.assert_close(p32.sum(-1), torch.ones(2000), atol=1e-6, rtol=0)
     torch.testing.assert_close(p32.double(), p64, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", list_softmax())
+@pytest.mark.parametrize("temperature", [1.0, 1e-3, 1e-5, 1e-7, 1e-9])
+def test_masked_entries_never_enter_the_support_at_any_scale(name, temperature):
+    """Tiny temperatures put |z / T| beyond float32's resolution (~1e8 and up): the masked entries must
+    still get no weight and the row must still match float64 (issue 25: sparsemax gave [0.5, 0, 0])."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(6, 9, generator=g, dtype=torch.float64) * 5
+    mask = torch.rand(6, 9, generator=g) > 0.4
+    mask[:, 0] = True  # every row keeps an entry
+    mask[-1] = False  # and one row keeps none
+    f = get_softmax(name)
+    want = f(z, temperature=temperature, mask=mask)
+    got = f(z.float(), temperature=temperature, mask=mask)
+    assert (got[~mask] == 0).all()
+    assert torch.isfinite(got).all()
+    sums = got.double().sum(-1)
+    assert sums[-1] == 0 and torch.allclose(sums[:-1], want.sum(-1)[:-1], atol=1e-5)  # softmax1 may abstain
+    assert torch.allclose(got.double(), want, atol=1e-4)
+    if name == "softmax1":
+        return
+    assert sums[:-1] == pytest.approx([1.0] * 5, abs=1e-5)
+    chapter = torch.tensor([[10.0, 0, 1]])
+    kept = torch.tensor([[True, True, False]])
+    assert f(chapter, temperature=1e-7, mask=kept).tolist() == [[1.0, 0.0, 0.0]]

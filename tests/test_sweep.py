@@ -355,3 +355,36 @@ def test_sigterm_of_the_sweep_stops_its_trials_cleanly(tmp_path):
     resumed = read_record(sweep_dir / first["run_dir"] / "results.json")
     assert resumed["resumed_from"].endswith("last.ckpt")
     assert [a["status"] for a in resumed["attempts"]] == ["interrupted", "completed"]
+
+
+def test_dry_run_with_resume_runs_and_writes_nothing(tmp_path):
+    """--dry-run --resume prints what the resume would run; it ran the missing trials before (issue 25),
+    and on SLURM it would have submitted them."""
+    from typer.testing import CliRunner
+
+    from attn.cli.main import app
+
+    root = start(["seed=0,1", "model=small"], str(tmp_path / "s"), False)
+    before = (root / "sweep.json").read_text()
+    out = CliRunner().invoke(
+        app, ["sweep", "--resume", str(root), "--dry-run", "launcher=joblib", "n_jobs=2"]
+    )
+    assert out.exit_code == 0, out.output
+    assert (
+        "launcher joblib, n_jobs 2" in out.output
+        and "--resume would run 2 of 2 trials: 000 001" in out.output
+    )
+    assert (root / "sweep.json").read_text() == before  # the settings were not written either
+    assert not (root / "trials").exists() and not (root / ".sweep.lock").exists()
+
+
+def test_values_that_compose_to_one_config_run_once():
+    """temperature=1,1.0,1e0 and seed=0,0,1 are two trials, not nine; the rest are listed as skipped
+    (issue 25: the copies ran and showed a spread of zero)."""
+    m, skipped = plan(["softmax.temperature=1,1.0,1e0", "seed=0,0,1", "model=small"])
+    assert [t.values for t in m.trials] == [
+        {"softmax.temperature": "1", "seed": "0"}, {"softmax.temperature": "1", "seed": "1"},
+    ]  # fmt: skip
+    assert len(skipped) == 7 and all("the same configuration as trial 00" in s for s in skipped)
+    again = "softmax.temperature=1.0 seed=1 model=small: the same configuration as trial 001, run once"
+    assert skipped.count(again) == 2  # 1.0 and 1e0 (which Hydra reads as 1.0) with seed 1

@@ -101,7 +101,11 @@ def test_users_settings_win(cpus):
     assert (p.wait_policy, p.spin_count) == (None, "0")
     p = _plan(["threads=5"], env={"OMP_NUM_THREADS": "3"})
     assert (p.mode, p.threads) == ("threads", 5)  # the config's threads beats the environment
-    assert _plan(["threads=12"]).threads == 12  # an explicit number is not capped
+    capped = _plan(["threads=12"])  # more threads than CPUs: capped at the CPUs, and recorded
+    assert (capped.mode, capped.threads, capped.requested) == ("threads", 8, 12)
+    omp = _plan([], env={"OMP_NUM_THREADS": "100000"})  # once a segfault inside OpenMP (issue 25)
+    assert (omp.mode, omp.threads, omp.requested) == ("OMP_NUM_THREADS", 8, 100000)
+    assert _plan(["threads=8"]).requested is None
     p = _plan(["threads=torch"], env={"OMP_WAIT_POLICY": "ACTIVE"})
     assert (p.mode, p.threads, p.wait_policy) == ("torch", None, "ACTIVE")
 
@@ -197,3 +201,19 @@ def test_attn_train_decides_before_torch_and_records_it(tmp_path):
         "auto", 1, 1, "PASSIVE",
     )  # fmt: skip
     assert plan_["spin_count"] == "2000"
+
+
+def test_absurd_thread_counts_are_capped_with_one_line(tmp_path):
+    """threads=100000 (MemoryError tracebacks before) and OMP_NUM_THREADS=100000 (a segfault inside
+    OpenMP) are capped at the CPUs this process may use, with one line (issue 25)."""
+    cpus = min(cpu_limits().values())
+    for args, env in ((["threads=100000"], {}), ([], {"OMP_NUM_THREADS": "100000"})):
+        out = subprocess.run(
+            [ATTN, "train", *args, "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path,
+            env={**os.environ, **env}, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        (line,) = [ln for ln in out.stderr.splitlines() if ln.strip()]
+        assert line.endswith(
+            f"=100000 is more than the {cpus} CPUs this process may use; using {cpus} threads"
+        )

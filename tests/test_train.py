@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from attn.runner.config import load
+from attn.runner.errors import ConfigError
 from attn.runner.paths import resolve_run_dir
 from attn.runner.records import RECORD_KEYS, read_record
 from attn.runner.run import run
@@ -91,3 +92,40 @@ def test_debug_presets_compose_and_overfit_learns(train):
     record, _ = train("debug=overfit", "trainer.max_epochs=40")
     assert record["status"] == "completed"
     assert record["metrics"]["train/steps"] == 40
+
+
+def test_a_finished_run_is_never_overwritten(train, fast, tmp_path, monkeypatch):
+    """A second run into a directory that holds a run is refused before it touches anything (issue 25:
+    ATTN_RUN_DIR=runs/mine twice, or two attn train in one SLURM job, overwrote the first run)."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "mine"
+    monkeypatch.setenv("ATTN_RUN_DIR", str(target))
+    first, _ = train("seed=0")
+    files = {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file() and p.name != ".lock"}
+    with pytest.raises(ConfigError, match=r"already holds a completed run; nothing was overwritten"):
+        train("seed=1")
+    attn = str(Path(sys.executable).parent / "attn")
+    out = subprocess.run([attn, "train", *fast, "seed=1"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert f"resume={target.resolve()}" in line and "ATTN_RUN_DIR" in line
+    after = {p: p.read_bytes() for p in sorted(target.rglob("*")) if p.is_file() and p.name != ".lock"}
+    assert after == files and first["config"]["seed"] == 0  # every file of the first run as it was
+    # A run killed before its record left config.yaml: not reused either.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.yaml").write_text("seed: 0\n")
+    monkeypatch.setenv("ATTN_RUN_DIR", str(killed))
+    with pytest.raises(ConfigError, match=r"already holds a run \(no readable record\)"):
+        train()
+    # Two attn train in one SLURM job resolve the same runs/slurm-<job>-<name>: the second is refused.
+    monkeypatch.delenv("ATTN_RUN_DIR")
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_JOB_NAME", "loop")
+    one, _ = train("seed=0")
+    with pytest.raises(ConfigError, match="in a SLURM job every attn train needs its own name"):
+        train("seed=1")
+    two, _ = train("seed=1", "name=seed1")
+    assert Path(one["run_dir"]).name.startswith("slurm-777-") and two["run_dir"].endswith("slurm-777-seed1")

@@ -40,7 +40,7 @@ def test_splits_are_disjoint_deterministic_and_shaped():
         ConfigError, match=r"task.datamodule.target='xx' is not a num2words language; valid choices: "
     ):
         load(["task=translation", "task.datamodule.target=xx"])
-    with pytest.raises(ValueError, match="do not fit below max_number=400"):
+    with pytest.raises(ValueError, match=r"do not fit below task\.datamodule\.max_number=400"):
         NumberTranslationDataModule(**{**TINY_DATA, "n_train": 390})
 
 
