@@ -4,6 +4,9 @@ gives the same count for a built model."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 def encoder_forward_flops(
     *,
@@ -43,6 +46,16 @@ def encoder_forward_flops(
     else:
         attn = 4 * n * n * d + (2 * n * d * k if kind == "general" else 0)
     return float(n_layers * (proj + mlp + attn))
+
+
+def config_forward_flops(model: Mapping[str, Any], attention: Mapping[str, Any], length: int) -> float:
+    """:func:`encoder_forward_flops` of the ``model`` and ``attention`` config groups (mappings, e.g. the
+    composed config's nodes); a missing or mistyped value raises (``KeyError``, ``TypeError``)."""
+    return encoder_forward_flops(
+        d_model=model["d_model"], n_layers=model["n_layers"], n_heads=model["n_heads"],
+        mlp_ratio=model["mlp_ratio"], length=length, kind=str(attention.get("kind", "scaled_dot")),
+        n_kv_heads=model.get("n_kv_heads"), hidden=(attention.get("params") or {}).get("hidden"),
+    )  # fmt: skip
 
 
 def train_flops(forward_flops_per_sequence: float, batch: int) -> float:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from attn.models.flops import encoder_forward_flops, train_flops
+from attn.models.flops import config_forward_flops, train_flops
 
 from .errors import ConfigError
 from .machine import cpu_has_bf16, cpu_name
@@ -58,11 +58,7 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 7, device:
 def forward_flops_per_sequence(model: DictConfig, attention: DictConfig, length: int) -> float:
     """Forward FLOPs of one sequence through the configured encoder blocks
     (:func:`attn.models.flops.encoder_forward_flops`, where the count is documented)."""
-    return encoder_forward_flops(
-        d_model=model.d_model, n_layers=model.n_layers, n_heads=model.n_heads, mlp_ratio=model.mlp_ratio,
-        length=length, kind=attention.kind, n_kv_heads=model.n_kv_heads,
-        hidden=attention.params.get("hidden"),
-    )  # fmt: skip
+    return config_forward_flops(model, attention, length)
 
 
 def train_flops_per_step(cfg: DictConfig, batch: int, length: int) -> float:

@@ -87,20 +87,21 @@ def _run(path: Path) -> Run:
     )
 
 
-def _find(root: Path, name: str) -> list[Path]:
-    """Every file called ``name`` under ``root``, following symbolic links to directories (a run
-    directory linked into a folder is part of it), each real directory once."""
-    found, seen = [], set()
+def _find(root: Path, names: tuple[str, ...]) -> dict[str, list[Path]]:
+    """Every file called one of ``names`` under ``root``, by name, in path order, following symbolic links
+    to directories (a run directory linked into a folder is part of it), each real directory once."""
+    found: dict[str, list[Path]] = {name: [] for name in names}
+    seen = set()
     for top, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:  # a link back up, or a second link to one directory
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
-        if name in files:
-            found.append(Path(top) / name)
-    return sorted(found)
+        for name in names:
+            if name in files:
+                found[name].append(Path(top) / name)
+    return {name: sorted(paths) for name, paths in found.items()}
 
 
 def collect(root: str | Path) -> list[Run]:
@@ -112,20 +113,21 @@ def collect(root: str | Path) -> list[Run]:
     if not root.is_dir():
         raise ConfigError(f"{root}: no such directory")
     runs: dict[str, Run] = {}
-    for path in _find(root, RESULTS):
+    files = _find(root, (RESULTS, "config.yaml", MANIFEST))
+    for path in files[RESULTS]:
         if "attempts" in path.relative_to(root).parts:
             continue
         run = _run(path)
         runs[run.run_dir] = run
     # A run killed before its first record still has the config.yaml written when it started.
-    for path in _find(root, "config.yaml"):
+    for path in files["config.yaml"]:
         parts = path.relative_to(root).parts
         run_dir = str(path.parent.resolve())
         if "attempts" in parts or ".hydra" in parts or run_dir in runs:
             continue
         if (path.parent / "checkpoints").is_dir() or (path.parent / "csv").is_dir():
             runs[run_dir] = Run(run_dir, "no record", error="no results.json (killed before it was written?)")
-    for manifest_path in _find(root, MANIFEST):
+    for manifest_path in files[MANIFEST]:
         try:
             manifest = load_manifest(manifest_path, strict=False)
         except ConfigError as e:

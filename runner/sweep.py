@@ -571,11 +571,11 @@ def _report_refusal(root: Path) -> None:
     """A sweep whose jobs the scheduler refused ends in one line (``ConfigError``). When none of its
     trials ever started, its manifest is removed, so that the corrected command runs with the same
     ``--dir``; otherwise ``--resume`` with corrected launcher settings submits the refused trials."""
-    with locked_manifest(root) as m:
-        why = m.extra.pop("refused", None)
-        fresh = all(t.attempts == 0 and "slurm_job" not in t.extra for t in m.trials)
-    if why is None:
+    if "refused" not in read_manifest(root).extra:  # the usual end: nothing to rewrite
         return
+    with locked_manifest(root) as m:
+        why = m.extra.pop("refused")
+        fresh = all(t.attempts == 0 and "slurm_job" not in t.extra for t in m.trials)
     if fresh:
         (root / MANIFEST).unlink(missing_ok=True)
         raise ConfigError(
@@ -657,9 +657,9 @@ def _apply_resume_settings(m: Manifest, args: list[str]) -> None:
 
 
 def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:
-    """Apply the settings given with ``--resume`` to the sweep's manifest (see ``_apply_resume_settings``)."""
-    _apply_resume_settings(read_manifest(sweep_dir), args)  # checked before the manifest is locked
-    if split_args(args)[0]:
+    """Apply the settings given with ``--resume`` to the sweep's manifest (see ``_apply_resume_settings``;
+    a bad one raises before anything is written)."""
+    if args:
         with locked_manifest(sweep_dir) as m:
             _apply_resume_settings(m, args)
 

@@ -35,7 +35,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from attn.models.flops import encoder_forward_flops, train_flops
+from attn.models.flops import config_forward_flops, train_flops
 
 from .errors import ConfigError
 from .machine import cpu_limits, env_int, visible_gpus
@@ -112,13 +112,7 @@ def step_flops(cfg: Any) -> float | None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (batch, length)):
         return None
     try:
-        params = _get(cfg, "attention.params", {}) or {}
-        forward = encoder_forward_flops(
-            d_model=_get(cfg, "model.d_model"), n_layers=_get(cfg, "model.n_layers"),
-            n_heads=_get(cfg, "model.n_heads"), mlp_ratio=_get(cfg, "model.mlp_ratio"), length=length,
-            kind=str(_get(cfg, "attention.kind", "scaled_dot")), n_kv_heads=_get(cfg, "model.n_kv_heads"),
-            hidden=params.get("hidden"),
-        )  # fmt: skip
+        forward = config_forward_flops(cfg["model"], cfg["attention"], length)
         flops = train_flops(forward, batch)
     except Exception:  # a value validation will reject (e.g. model.d_model=abc)
         return None

@@ -430,6 +430,9 @@ def test_zoology_generator_is_zoologys_mqar():
     assert ((flat - 16) / 2).float().mean() == pytest.approx(11.5, abs=0.5)
     with pytest.raises(ValueError, match=r"generator='zoo' is unknown; valid choices: attn, zoology"):
         MQARDataModule(generator="zoo")
+    for bad in (0, -1, 1.5, "abc"):
+        with pytest.raises(ValueError, match=r"task\.datamodule\.power_a=.* is invalid: must be in \(0, 1\]"):
+            MQARDataModule(generator="zoology", power_a=bad)
 
 
 def test_order_blind_ceilings_of_the_two_mqar_generators():
