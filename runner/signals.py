@@ -83,9 +83,11 @@ class SignalStop(L.Callback):
         stop = self.signum is not None
         if trainer.world_size > 1:  # every rank stops after the same batch, whichever got the signal
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
-            if self.signum is None:  # another rank was signalled
-                self.signum = signal.SIGTERM
+        if stop and self.signum is None:  # another rank was signalled
+            self.signum = signal.SIGTERM
+        # On an epoch's last batch the stop waits one batch: saved now, the epoch would count as done and a
+        # resume would skip its validation (the epoch's row in metrics.csv, its best checkpoint).
+        if stop and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.stop(trainer, save=True)
 
     # A signal during validation inside fit waits for the next training batch, so that the

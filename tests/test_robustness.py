@@ -324,3 +324,30 @@ def test_non_finite_test_metrics_are_not_completed(fast, monkeypatch):
     record, _ = run(load(fast))
     assert record["status"] == "failed"
     assert "test metrics are not finite (test/loss=nan)" in record["error"]
+
+
+def test_a_stop_on_an_epochs_last_batch_waits_for_its_validation(tmp_path):
+    """Saved after an epoch's last training batch, a run would resume with that epoch done and never
+    validate it (a SLURM requeue once hit that window: epoch 3 was missing from metrics.csv). The stop
+    waits one batch there; on any other batch it saves and stops at once."""
+    from types import SimpleNamespace
+
+    from attn.runner.records import RunRecord
+    from attn.runner.signals import RunInterrupted, SignalStop
+
+    saved = []
+
+    def trainer(last: bool) -> SimpleNamespace:
+        progress = SimpleNamespace(is_last_batch=last)
+        return SimpleNamespace(
+            world_size=1, global_step=128, default_root_dir=str(tmp_path), save_checkpoint=saved.append,
+            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        )  # fmt: skip
+
+    stop = SignalStop(RunRecord(tmp_path, {}, write=False))
+    stop.signum = signal.SIGTERM
+    stop.on_train_batch_end(trainer(last=True))
+    assert saved == []  # the epoch's validation runs first
+    with pytest.raises(RunInterrupted, match="interrupted by SIGTERM at step 128"):
+        stop.on_train_batch_end(trainer(last=False))
+    assert saved == [tmp_path / "checkpoints" / "last.ckpt"]
