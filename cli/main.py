@@ -17,7 +17,7 @@ import typer
 
 from attn.runner.errors import ConfigError, RunDirBusy
 from attn.runner.machine import is_rank_zero, requeue
-from attn.runner.paths import CONF_DIR, GROUPS, group_options
+from attn.runner.paths import CONF_DIR, CONFIG_DIR_ENV, GROUPS, config_dirs, group_options
 from attn.runner.records import DirLock, read_manifest
 
 from .show import print_grid, print_report, print_summary
@@ -30,13 +30,34 @@ app = typer.Typer(
 )
 
 
+def _use_config_dirs(dirs: list[str] | None) -> None:
+    """``--config-dir``: the user's config directories, for this process and the ones it starts."""
+    if dirs:
+        os.environ[CONFIG_DIR_ENV] = os.pathsep.join(os.path.abspath(os.path.expanduser(d)) for d in dirs)
+
+
+def _config_dirs_in_argv(argv: list[str]) -> list[str]:
+    """The ``--config-dir`` values of a command line (read before Typer parses it, for ``--help``)."""
+    found = []
+    for i, a in enumerate(argv):
+        if a == "--config-dir" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif a.startswith("--config-dir="):
+            found.append(a.split("=", 1)[1])
+    return found
+
+
+_use_config_dirs(_config_dirs_in_argv(sys.argv))  # `attn train --config-dir DIR --help` lists DIR's options
+
+
 def _options(group: str) -> str:
     return ", ".join(group_options(group)) or "-"
 
 
 def _groups_epilog() -> str:
     """The config groups and their options, read from the config tree (one paragraph each)."""
-    lines = [f"Config groups and their options (from {CONF_DIR}); pick one with group=option:"]
+    where = ", ".join(str(p) for p in (CONF_DIR, *config_dirs()))
+    lines = [f"Config groups and their options (from {where}); pick one with group=option:"]
     lines += [f"{g}: {_options(g)}" for g in GROUPS]
     lines.append(
         "Any key: key=value (e.g. trainer.max_epochs=3); a key the config lacks: +key=value; the whole"
@@ -45,6 +66,13 @@ def _groups_epilog() -> str:
     return "\n\n".join(lines)
 
 
+CONFIG_DIR_HELP = (
+    "Your own config directory (DIR/attention/mine.yaml, DIR/sweep/my_study.yaml, ...): its options join the"
+    f" packaged ones; repeatable; also {CONFIG_DIR_ENV}."
+)
+ConfigDirs = Annotated[
+    list[str] | None, typer.Option("--config-dir", help=CONFIG_DIR_HELP, show_default=False)
+]
 COMMON_HELP = (
     "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=8 seed=7. "
     "threads=auto|<n>|torch sets the CPU threads (auto: the CPUs this process may use, see README)."
@@ -74,10 +102,12 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)] = None,
     cfg: Annotated[CfgPart | None, typer.Option("--cfg", help="Print the composed config and exit.")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    config_dir: ConfigDirs = None,
 ) -> None:
     """Train and test one configuration; writes a run directory with results.json."""
     from attn.runner.resume import prepare  # Hydra and the config schemas: not for --help
 
+    _use_config_dirs(config_dir)
     try:
         prepared = prepare(list(overrides or []), print_only=cfg is not None)
     except ConfigError as e:
@@ -128,7 +158,8 @@ def train(
 SWEEP_HELP = (
     "Sweep settings and trial overrides in Hydra's sweep syntax, e.g. sweep=temperature, "
     "attention=scaled_dot,additive softmax.temperature=0.5,1,2 seed=range(3), launcher=joblib n_jobs=2. "
-    f"Presets (sweep=, from {CONF_DIR / 'sweep'}): {_options('sweep')}. "
+    f"Presets (sweep=, from {', '.join(str(p / 'sweep') for p in (CONF_DIR, *config_dirs()))}):"
+    f" {_options('sweep')}. "
     "Launchers: basic (default, one after another), joblib, submitit_local, slurm."
 )
 
@@ -147,8 +178,10 @@ def sweep(
         bool, typer.Option("--skip-invalid", help="Drop incompatible combinations instead of failing.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    config_dir: ConfigDirs = None,
 ) -> None:
     """Run a grid of `attn train` trials, each in its own process and run directory; resumable."""
+    _use_config_dirs(config_dir)
     from attn.runner.sweep import (
         SWEEP_LOCK,
         launch,
@@ -277,10 +310,12 @@ def bench(
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds; the best median counts.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
+    config_dir: ConfigDirs = None,
 ) -> None:
     """Measure matmul peak, training throughput and MFU, and Lightning's overhead over a plain loop."""
     import json
 
+    _use_config_dirs(config_dir)
     from attn.runner.resume import prepare
 
     try:

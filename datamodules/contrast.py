@@ -142,5 +142,7 @@ class ContrastDataModule(TokenClassificationDataModule):
             splits[name] = rows[:n]
             seen.update(" ".join(t) for t, _ in splits[name])
         self.splits = splits
-        self.vocab = Vocabulary.build(t for t, _ in train)
-        self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in splits.items()}
+        self.vocab = self.vocabulary([t for t, _ in train])
+        self.datasets = {
+            k: encode(self.as_pieces(v, self.max_len), self.vocab, self.max_len) for k, v in splits.items()
+        }

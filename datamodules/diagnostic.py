@@ -148,6 +148,11 @@ class SequenceTaskDataModule(SplitDataModule):
             return self.datasets["test"]
         return self._draw(self.n_test, length, 2, _rows(self.datasets["train"].tensors[0]))
 
+    @property
+    def train_tokens(self) -> int:
+        """The length in tokens of the training sequences (the length ``logn``/``ssmax`` scale from)."""
+        return self.tokens(self.length)
+
     def module_kwargs(self) -> dict[str, Any]:
         """What the sequence module needs to know about the data."""
         return {"vocab_size": self.vocab_size, "chance": self.chance}

@@ -111,5 +111,7 @@ class FortuneDataModule(TokenClassificationDataModule):
         for rows in splits.values():
             rng.shuffle(rows)
         self.splits = splits
-        self.vocab = Vocabulary.build((t for t, _ in splits["train"]), self.min_count)
-        self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in splits.items()}
+        self.vocab = self.vocabulary([t for t, _ in splits["train"]], self.min_count)
+        self.datasets = {
+            k: encode(self.as_pieces(v, self.max_len), self.vocab, self.max_len) for k, v in splits.items()
+        }

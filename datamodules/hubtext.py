@@ -103,5 +103,8 @@ class HubTextDataModule(TokenClassificationDataModule):
         if self.max_train is not None and len(train) > self.max_train:
             train = rng.sample(train, self.max_train)
         self.splits = {"train": train, "val": val, "test": self._read(self.split_names["test"])}
-        self.vocab = Vocabulary.build((t for t, _ in train), self.min_count, self.max_vocab)
-        self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in self.splits.items()}
+        self.vocab = self.vocabulary([t for t, _ in train], self.min_count, self.max_vocab)
+        self.datasets = {
+            k: encode(self.as_pieces(v, self.max_len), self.vocab, self.max_len)
+            for k, v in self.splits.items()
+        }

@@ -16,9 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .base import PairDataModule, check_sizes
-from .vocab import Vocabulary
-
-BOS, EOS = "<s>", "</s>"
+from .vocab import BOS, EOS, Vocabulary
 
 
 def tokenize(text: str) -> list[str]:
@@ -118,17 +116,26 @@ class NumberTranslationDataModule(PairDataModule):
         for name, size in self.sizes.items():
             self.numbers[name] = order[start : start + size]
             start += size
-        for name, numbers in self.numbers.items():
-            pairs = [(tokenize(spell(n, self.source)), tokenize(spell(n, self.target))) for n in numbers]
+        words = {
+            name: [(tokenize(spell(n, self.source)), tokenize(spell(n, self.target))) for n in numbers]
+            for name, numbers in self.numbers.items()
+        }
+        joint = self.joint_vocabulary(words["train"])  # subwords: one model of both sides of train
+        unit = "tokens" if joint is None else "subword pieces"
+        for name, pairs in words.items():
+            pairs = [(self.pieces(s), self.pieces(t)) for s, t in pairs]
             for i, (s, t) in enumerate(pairs):
                 if max(len(s), len(t) + 2) > self.max_len:  # the target also carries <s> and </s>
                     raise ValueError(
-                        f"{name} example {i} ({numbers[i]}) has {max(len(s), len(t) + 2)} tokens with"
-                        f" <s> and </s>, more than task.datamodule.max_len={self.max_len}"
+                        f"{name} example {i} ({self.numbers[name][i]}) has {max(len(s), len(t) + 2)} {unit}"
+                        f" with <s> and </s>, more than task.datamodule.max_len={self.max_len}"
                     )
             self.splits[name] = pairs
-        self.src_vocab = Vocabulary.build(s for s, _ in self.splits["train"])
-        self.tgt_vocab = Vocabulary.build([[BOS, EOS], *(t for _, t in self.splits["train"])])
+        if joint is not None:
+            self.src_vocab = self.tgt_vocab = joint
+        else:
+            self.src_vocab = Vocabulary.build(s for s, _ in self.splits["train"])
+            self.tgt_vocab = Vocabulary.build([[BOS, EOS], *(t for _, t in self.splits["train"])])
         self.datasets = {
             k: encode_pairs(v, self.src_vocab, self.tgt_vocab, self.max_len) for k, v in self.splits.items()
         }

@@ -17,9 +17,9 @@ from torch.utils.data import TensorDataset
 
 from .base import PairDataModule
 from .hub import HubDataError, load_split
-from .numbers import BOS, EOS, encode_pairs
+from .numbers import encode_pairs
 from .textfile import DataError
-from .vocab import Vocabulary, tokenize
+from .vocab import BOS, EOS, Vocabulary, tokenize
 
 SOURCES = ("tsv", "hub")
 Pair = tuple[str, str]
@@ -148,26 +148,33 @@ class ParallelTextDataModule(PairDataModule):
             raw["train"] = rng.sample(raw["train"], self.max_train)
         raw["test"] = self._read("test")
         fits = self.max_len - 2  # the target also carries <s> and </s>
+        words = {
+            split: [(tokenize(s, self.lowercase), tokenize(t, self.lowercase)) for s, t in raw[split]]
+            for split in ("train", "val", "test")
+        }
+        joint = self.joint_vocabulary(words["train"])  # subwords: one model of both sides, on train only
         for split in ("train", "val"):
-            pairs = [(tokenize(s, self.lowercase), tokenize(t, self.lowercase)) for s, t in raw[split]]
+            pairs = [(self.pieces(s), self.pieces(t)) for s, t in words[split]]
             kept = [(s, t) for s, t in pairs if 0 < len(s) <= self.max_len and 0 < len(t) <= fits]
             if not kept:
                 raise DataError(f"no {split} pair fits task.datamodule.max_len={self.max_len}; raise it")
             self.dropped[split] = len(pairs) - len(kept)
             self.splits[split] = kept
         self.splits["test"] = [
-            (tokenize(s, self.lowercase)[: self.max_len], tokenize(t, self.lowercase)[:fits])
-            for s, t in raw["test"]
+            (self.pieces(s)[: self.max_len], self.pieces(t)[:fits]) for s, t in words["test"]
         ]
         self.references = [t.lower() if self.lowercase else t for _, t in raw["test"]]
-        self.src_vocab = Vocabulary.build(
-            (s for s, _ in self.splits["train"]), self.min_count, self.max_vocab
-        )
-        self.tgt_vocab = Vocabulary.build(
-            [*[[BOS, EOS]] * self.min_count, *(t for _, t in self.splits["train"])],
-            self.min_count,
-            self.max_vocab,
-        )
+        if joint is not None:
+            self.src_vocab = self.tgt_vocab = joint
+        else:
+            self.src_vocab = Vocabulary.build(
+                (s for s, _ in self.splits["train"]), self.min_count, self.max_vocab
+            )
+            self.tgt_vocab = Vocabulary.build(
+                [*[[BOS, EOS]] * self.min_count, *(t for _, t in self.splits["train"])],
+                self.min_count,
+                self.max_vocab,
+            )
         self.datasets = {
             k: encode_pairs(v, self.src_vocab, self.tgt_vocab, self.max_len) for k, v in self.splits.items()
         }

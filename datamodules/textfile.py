@@ -194,8 +194,10 @@ class TextFileDataModule(TokenClassificationDataModule):
             splits["val"] = [rows[i] for i in order[:n_val]]
             splits["train"] = [rows[i] for i in order[n_val:]]
         self.splits = splits
-        self.vocab = Vocabulary.build(t for t, _ in splits["train"])
-        self.datasets = {k: encode(v, self.vocab, self.max_len) for k, v in splits.items()}
+        self.vocab = self.vocabulary([t for t, _ in splits["train"]])
+        self.datasets = {
+            k: encode(self.as_pieces(v, self.max_len), self.vocab, self.max_len) for k, v in splits.items()
+        }
 
 
 def _label_order(label: str) -> tuple[int, int | str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .files import write_json_atomic
 
 PAD, UNK = "<pad>", "<unk>"
+BOS, EOS = "<s>", "</s>"  # start and end of a target sentence (translation)
 _WORD = re.compile(r"\w+|[^\w\s]")
 _TAG = re.compile(r"<[^>]{0,20}>")  # markup such as IMDB's <br />
 

@@ -6,7 +6,9 @@ Every attention function (or module, for kinds whose scores carry parameters) is
                       softmax="softmax", dropout_p=0.0, need_weights=False, **params)
 
 with ``q: [B, H, Lq, D]``, ``k: [B, H, Lk, D]``, ``v: [B, H, Lk, Dv]``, ``out: [B, H, Lq, Dv]`` and
-``weights: [B, H, Lq, Lk]`` (or ``None`` unless ``need_weights``). ``mask`` is boolean, **True =
+``weights: [B, H, Lq, Lk]`` (or ``None`` unless ``need_weights``). Kinds with logits also take
+``position_bias``, a float tensor broadcastable to the scores and added to them before the temperature
+(ALiBi, :mod:`attn.models.positions`). ``mask`` is boolean, **True =
 attend**, broadcastable to ``[B, H, Lq, Lk]``; ``is_causal`` lets query ``i`` see keys ``j <= i``
 (top-left aligned, as in ``torch.nn.functional.scaled_dot_product_attention``). A query row
 with no visible key yields a zero output and zero gradient. ``temperature`` (a float > 0, or a
@@ -30,6 +32,11 @@ Kinds (``list_attention()``), with ``s`` = ``scale``:
 * ``sigmoid``     ``w_ij = sigmoid(q.k * s / T + b)``, ``s = 1/sqrt(D)``, ``b = -log(Lk)`` by default,
   ``out = w v``: rows are not normalised, so no softmax variant applies.
 
+Your own kind: decorate a function (or an ``nn.Module`` class taking ``(head_dim, n_heads, **params)``)
+with ``@register_attention("mine", params=("gain",))`` in a module that ``plugins=[module]`` loads (see
+:mod:`attn.runner.plugins`); ``normalised=False`` for weights whose rows need not sum to one,
+``weights=False`` for a kind that never forms a weight matrix.
+
 ``dot``, ``scaled_dot``, ``general`` and ``local`` use the fused kernel
 (``scaled_dot_product_attention`` with ``scale = s / T``) whenever the normaliser is the plain
 softmax and no weights are requested; ``fused=False`` forces the reference path and
@@ -39,6 +46,7 @@ softmax and no weights are requested; ``fused=False`` forces the reference path 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -48,22 +56,49 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .softmax import LearnableTemperature, adaptive_beta, check_temperature, get_softmax
+from .positions import POSITIONS, alibi_bias, rope_rotate
+from .softmax import (
+    LearnableTemperature,
+    ScalableSoftmax,
+    adaptive_beta,
+    check_temperature,
+    get_softmax,
+    logn_scale,
+    visible_keys,
+)
 
 AttentionOutput = tuple[Tensor, Tensor | None]
 _REGISTRY: dict[str, Callable[..., AttentionOutput] | type[nn.Module]] = {}
 # Keyword parameters each kind accepts beyond the common signature.
 KIND_PARAMS: dict[str, frozenset[str]] = {}
-# Kinds that produce normalised weights (a softmax variant applies to them).
-NORMALISED_KINDS = {"dot", "scaled_dot", "general", "additive", "local"}
+# Kinds that produce normalised weights (rows sum to one: a softmax variant, the adaptive temperature and
+# the entropy diagnostics apply to them), and kinds that never form a weight matrix (no need_weights).
+NORMALISED_KINDS: set[str] = set()
+WEIGHTLESS_KINDS: set[str] = set()
+BUILTIN_KINDS: frozenset[str] = frozenset()  # filled at the end of this module: plugins cannot redefine them
 
 
-def register_attention(name: str, params: tuple[str, ...] = ()) -> Callable:
-    """Register an attention function or ``nn.Module`` class under ``name`` (decorator)."""
+def register_attention(
+    name: str, params: tuple[str, ...] = (), *, normalised: bool = True, weights: bool = True
+) -> Callable:
+    """Register an attention function or ``nn.Module`` class under ``name`` (decorator).
+
+    ``params``: the keyword parameters it takes beyond the common signature (``attention.params``).
+    ``normalised``: its weights are a softmax-like normaliser's output (rows sum to one), so
+    ``softmax=...`` variants and ``temperature=adaptive`` apply. ``weights``: it can return its weight
+    matrix (``need_weights=True``), which the diagnostics read. A built-in name cannot be registered
+    again (``ValueError``); a plugin's own name can (the last registration wins).
+    """
+    if name in BUILTIN_KINDS:
+        raise ValueError(
+            f"attention kind {name!r} is built in and cannot be redefined; register another name"
+        )
 
     def deco(obj):
         _REGISTRY[name] = obj
         KIND_PARAMS[name] = frozenset(params)
+        (NORMALISED_KINDS.add if normalised else NORMALISED_KINDS.discard)(name)
+        (WEIGHTLESS_KINDS.discard if weights else WEIGHTLESS_KINDS.add)(name)
         return obj
 
     return deco
@@ -72,6 +107,34 @@ def register_attention(name: str, params: tuple[str, ...] = ()) -> Callable:
 def list_attention() -> list[str]:
     """Names of the registered attention kinds, sorted."""
     return sorted(_REGISTRY)
+
+
+def forms_weights(kind: str) -> bool:
+    """Whether the kind can return its weight matrix (``need_weights=True``)."""
+    return kind not in WEIGHTLESS_KINDS
+
+
+def takes_position_bias(kind: str) -> bool:
+    """Whether the kind adds a ``position_bias`` (ALiBi's) to its logits: it has the keyword."""
+    obj = get_attention(kind)
+    return "position_bias" in inspect.signature(obj.forward if isinstance(obj, type) else obj).parameters
+
+
+TEMPERATURE_RULES = ("learnable", "adaptive", "logn", "ssmax")  # beside a fixed number > 0
+
+
+def check_positions(kind: str, positions: str, head_dim: int | None = None) -> None:
+    """Reject a position encoding the kind cannot take, with one clear line."""
+    if positions not in POSITIONS:
+        raise ValueError(f"model.positions={positions!r} is unknown; valid choices: {', '.join(POSITIONS)}")
+    if positions == "alibi" and not takes_position_bias(kind):
+        why = "it forms no q.k logits" if not forms_weights(kind) else "it takes no position_bias"
+        raise ValueError(
+            f"positions=alibi adds a bias to the attention logits, but attention {kind!r} has none to add it"
+            f" to ({why}); use positions=sinusoidal, none or rope"
+        )
+    if positions == "rope" and head_dim is not None and head_dim % 2:
+        raise ValueError(f"positions=rope rotates pairs of features: the head size {head_dim} must be even")
 
 
 def get_attention(name: str) -> Callable[..., AttentionOutput] | type[nn.Module]:
@@ -107,10 +170,10 @@ def check_combination(
         )
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"attention dropout must be in [0, 1), got {dropout_p!r}")
-    if kind == "linear" and need_weights:
-        raise ValueError("attention 'linear' never forms a weight matrix; need_weights=True is impossible")
-    if kind == "linear" and dropout_p > 0:
-        raise ValueError(f"attention 'linear' has no weights to drop; dropout {dropout_p} must be 0")
+    if not forms_weights(kind) and need_weights:
+        raise ValueError(f"attention {kind!r} never forms a weight matrix; need_weights=True is impossible")
+    if not forms_weights(kind) and dropout_p > 0:
+        raise ValueError(f"attention {kind!r} has no weights to drop; dropout {dropout_p} must be 0")
     if params.get("fused") is True and softmax != "softmax":
         raise ValueError(f"fused attention needs softmax=softmax, got softmax={softmax!r}")
     if params.get("fused") is True and need_weights:
@@ -192,8 +255,10 @@ def _dot_product(
     dropout_p: float,
     need_weights: bool,
     fused: bool | None,
+    position_bias: Tensor | None = None,
 ) -> AttentionOutput:
-    """``softmax(q k^T * scale / T) v``: fused kernel where possible, reference path otherwise."""
+    """``softmax((q k^T * scale + position_bias) / T) v``: fused kernel where possible (the bias as a float
+    mask), reference path otherwise."""
     check_temperature(temperature)
     can_fuse = softmax == "softmax" and not need_weights
     if fused is True and not can_fuse:
@@ -201,18 +266,32 @@ def _dot_product(
     if can_fuse and fused is not False:
         if isinstance(temperature, Tensor):
             q, t = q / temperature, 1.0
+            bias = None if position_bias is None else position_bias / temperature
         else:
             t = float(temperature)
+            bias = None if position_bias is None else position_bias / t
         s = scale / t
-        if mask is None:
+        if mask is None and bias is None:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, scale=s)
             return out, None
         m = _full_mask(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
+        if m is None:  # a bias and nothing masked
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, scale=s
+            )
+            return out, None
         # Rows with no visible key: let them attend everywhere, then zero them.
         row_any = m.any(dim=-1, keepdim=True)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=m | ~row_any, dropout_p=dropout_p, scale=s)
+        keep = m | ~row_any
+        if bias is not None:
+            keep = torch.where(
+                keep, bias.to(q.dtype), torch.tensor(float("-inf"), dtype=q.dtype, device=q.device)
+            )
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout_p, scale=s)
         return out * row_any, None
     scores = (q @ k.transpose(-2, -1)) * scale
+    if position_bias is not None:
+        scores = scores + position_bias
     m = _full_mask(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
     return _mix(scores, v, m, temperature, softmax, dropout_p, need_weights)
 
@@ -235,13 +314,14 @@ def dot_attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     fused: bool | None = None,
+    position_bias: Tensor | None = None,
 ) -> AttentionOutput:
     """Luong dot attention: ``weights = softmax(q.k * s / T)``, ``s = 1`` unless given."""
     _check_inputs(q, k, v, mask)
     return _dot_product(
         q, k, v, scale=1.0 if scale is None else scale, mask=mask, is_causal=is_causal,
         temperature=temperature, softmax=softmax, dropout_p=dropout_p,
-        need_weights=need_weights, fused=fused,
+        need_weights=need_weights, fused=fused, position_bias=position_bias,
     )  # fmt: skip
 
 
@@ -259,6 +339,7 @@ def scaled_dot_attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     fused: bool | None = None,
+    position_bias: Tensor | None = None,
 ) -> AttentionOutput:
     """Scaled dot-product attention: ``weights = softmax(q.k / (T sqrt(D)))``."""
     _check_inputs(q, k, v, mask)
@@ -266,6 +347,7 @@ def scaled_dot_attention(
     return _dot_product(
         q, k, v, scale=s, mask=mask, is_causal=is_causal, temperature=temperature,
         softmax=softmax, dropout_p=dropout_p, need_weights=need_weights, fused=fused,
+        position_bias=position_bias,
     )  # fmt: skip
 
 
@@ -284,6 +366,7 @@ def local_attention(
     need_weights: bool = False,
     window: int = 8,
     fused: bool | None = None,
+    position_bias: Tensor | None = None,
 ) -> AttentionOutput:
     """Sliding-window attention: scaled dot product over keys with ``|i - j| < window``.
 
@@ -297,7 +380,7 @@ def local_attention(
     return _dot_product(
         q, k, v, scale=s, mask=band if mask is None else mask & band, is_causal=False,
         temperature=temperature, softmax=softmax, dropout_p=dropout_p,
-        need_weights=need_weights, fused=fused,
+        need_weights=need_weights, fused=fused, position_bias=position_bias,
     )  # fmt: skip
 
 
@@ -326,13 +409,14 @@ class GeneralAttention(nn.Module):
         softmax: str = "softmax",
         dropout_p: float = 0.0,
         need_weights: bool = False,
+        position_bias: Tensor | None = None,
     ) -> AttentionOutput:
         _check_inputs(q, k, v, mask)
         qw = torch.einsum("bhid,hde->bhie", q, self.weight)
         return _dot_product(
             qw, k, v, scale=1.0 if scale is None else scale, mask=mask, is_causal=is_causal,
             temperature=temperature, softmax=softmax, dropout_p=dropout_p,
-            need_weights=need_weights, fused=self.fused,
+            need_weights=need_weights, fused=self.fused, position_bias=position_bias,
         )  # fmt: skip
 
 
@@ -394,11 +478,14 @@ class AdditiveAttention(nn.Module):
         softmax: str = "softmax",
         dropout_p: float = 0.0,
         need_weights: bool = False,
+        position_bias: Tensor | None = None,
     ) -> AttentionOutput:
         _check_inputs(q, k, v, mask)
         scores = self.scores(q, k)
         if scale is not None:
             scores = scores * scale
+        if position_bias is not None:
+            scores = scores + position_bias
         m = _full_mask(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
         return _mix(scores, v, m, temperature, softmax, dropout_p, need_weights)
 
@@ -407,7 +494,7 @@ def _elu1(x: Tensor) -> Tensor:
     return F.elu(x) + 1.0
 
 
-@register_attention("linear", params=("chunk_size",))
+@register_attention("linear", params=("chunk_size",), normalised=False, weights=False)
 def linear_attention(
     q: Tensor,
     k: Tensor,
@@ -472,7 +559,7 @@ def linear_attention(
     return num / den, None
 
 
-@register_attention("sigmoid", params=("bias",))
+@register_attention("sigmoid", params=("bias",), normalised=False)
 def sigmoid_attention(
     q: Tensor,
     k: Tensor,
@@ -486,8 +573,10 @@ def sigmoid_attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     bias: float | None = None,
+    position_bias: Tensor | None = None,
 ) -> AttentionOutput:
-    """Sigmoid attention: ``w_ij = sigmoid(q.k * s / T + b)``, ``b = -log(Lk)``, ``out = w v``.
+    """Sigmoid attention: ``w_ij = sigmoid((q.k * s + position_bias) / T + b)``, ``b = -log(Lk)``,
+    ``out = w v``.
 
     ``s = 1/sqrt(D)`` unless given. Rows are not normalised (Ramapuram et al., 2024).
     """
@@ -496,12 +585,18 @@ def sigmoid_attention(
     check_temperature(temperature)
     s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     b = -math.log(k.shape[-2]) if bias is None else bias
-    weights = torch.sigmoid((q @ k.transpose(-2, -1)) * s / temperature + b)
+    scores = (q @ k.transpose(-2, -1)) * s
+    if position_bias is not None:
+        scores = scores + position_bias
+    weights = torch.sigmoid(scores / temperature + b)
     m = _full_mask(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
     if m is not None:
         weights = weights * m
     dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
     return dropped @ v, (weights if need_weights else None)
+
+
+BUILTIN_KINDS = frozenset(_REGISTRY)
 
 
 def build_attention(
@@ -525,10 +620,19 @@ class MultiHeadAttention(nn.Module):
     ``x: [B, Lq, d_model]`` attends to ``context: [B, Lk, d_model]`` (``x`` itself for
     self-attention, where Q, K and V come from one fused projection). ``n_kv_heads`` < ``n_heads``
     shares each key/value head among ``n_heads / n_kv_heads`` query heads (GQA; 1 = MQA).
-    ``temperature`` is a float > 0, ``"learnable"`` (one positive temperature per head) or
+    ``temperature`` is a float > 0, ``"learnable"`` (one positive temperature per head),
     ``"adaptive"``: ``T = 1`` in training; in evaluation each query row's logits are multiplied by
     :func:`~attn.models.softmax.adaptive_beta` of its ``T = 1`` weights (Veličković et al., 2024),
-    which needs ``softmax="softmax"`` and a kind that normalises its weights.
+    which needs ``softmax="softmax"`` and a kind that normalises its weights; ``"logn"``: the logits of a
+    query that sees ``n`` keys are multiplied by :func:`~attn.models.softmax.logn_scale` (``max(1, ln n /
+    ln L)``); ``"ssmax"``: by :class:`~attn.models.softmax.ScalableSoftmax` (``s_h ln n``, ``s_h``
+    learned). ``n`` counts the keys the padding and causal masks leave to each query; ``L`` is
+    ``train_len``, the training sequence length. For sparsemax and entmax15 a larger factor also shrinks
+    the support (fewer keys get any weight).
+
+    ``positions``: ``"rope"`` rotates q and k by position (:func:`~attn.models.positions.rope_rotate`),
+    ``"alibi"`` adds :func:`~attn.models.positions.alibi_bias` to the logits, in self-attention; the
+    additive encodings (``"sinusoidal"``, ``"none"``) live in the encoder and change nothing here.
     """
 
     def __init__(
@@ -545,6 +649,8 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         cross: bool = False,
         bias: bool = True,
+        positions: str = "sinusoidal",
+        train_len: int | None = None,
         **params: Any,
     ) -> None:
         super().__init__()
@@ -556,6 +662,8 @@ class MultiHeadAttention(nn.Module):
         check_combination(kind, softmax=softmax, dropout_p=dropout, params=params)
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
+        check_positions(kind, positions, self.head_dim)
+        self.positions = "none" if cross else positions  # two sequences: no relative position between them
         kv_dim = n_kv_heads * self.head_dim
         self.cross = cross
         if cross:
@@ -572,7 +680,12 @@ class MultiHeadAttention(nn.Module):
                 f"temperature='adaptive' needs softmax='softmax' and a normalised kind "
                 f"({', '.join(sorted(NORMALISED_KINDS))}); got kind={kind!r}, softmax={softmax!r}"
             )
-        if self.adaptive:
+        self.rule = temperature if temperature in ("logn", "ssmax") else None
+        if self.rule is not None and (train_len is None or train_len < 2):
+            raise ValueError(f"temperature={temperature!r} needs the training length (train_len >= 2)")
+        self.train_len = train_len
+        self.ssmax = ScalableSoftmax(n_heads, train_len) if self.rule == "ssmax" else None
+        if self.adaptive or self.rule is not None:
             self.learned_temperature = None
             self.temperature = 1.0
         elif temperature == "learnable":
@@ -617,20 +730,29 @@ class MultiHeadAttention(nn.Module):
             self._heads(k, self.n_kv_heads),
             self._heads(v, self.n_kv_heads),
         )
+        if self.positions == "rope":
+            q, k = rope_rotate(q), rope_rotate(k)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        extra = {}
+        if self.positions == "alibi":
+            extra["position_bias"] = alibi_bias(self.n_heads, q.shape[-2], k.shape[-2], q.device).to(q.dtype)
         temperature = self.current_temperature()
+        if self.rule is not None:  # the logits times a factor of the visible keys: T = 1 / factor
+            n = visible_keys(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
+            factor = self.ssmax(n) if self.ssmax is not None else logn_scale(n, self.train_len)
+            temperature = 1.0 / factor.to(q.dtype)
         if self.adaptive and not self.training:  # first pass at T = 1 gives each row's entropy
             _, w = self.attention(
                 q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, temperature=1.0,
-                softmax=self.softmax, dropout_p=0.0, need_weights=True,
+                softmax=self.softmax, dropout_p=0.0, need_weights=True, **extra,
             )  # fmt: skip
             temperature = 1.0 / adaptive_beta(w)
         out, weights = self.attention(
             q, k, v, mask=mask, is_causal=is_causal, scale=self.scale,
             temperature=temperature, softmax=self.softmax,
-            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
+            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights, **extra,
         )  # fmt: skip
         b, _, lq, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, lq, self.d_model)), weights

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from .attention import forms_weights
 from .classification import ClassificationModule
 
 
@@ -52,8 +53,12 @@ class AttentionDiagnostics(L.Callback):
             return
         net = getattr(pl_module, "net", None)
         encoder = getattr(net, "encoder", None)
-        if not hasattr(net, "padding_mask") or encoder is None or encoder.blocks[0].attn.kind == "linear":
-            return  # single-stack models only (not the encoder-decoder); linear forms no weights
+        if (
+            not hasattr(net, "padding_mask")
+            or encoder is None
+            or not forms_weights(encoder.blocks[0].attn.kind)
+        ):
+            return  # single-stack models only (not the encoder-decoder); kinds that form weights
         layers = len(encoder.blocks)
         loaders = trainer.val_dataloaders
         loader = loaders[0] if isinstance(loaders, list | tuple) else loaders

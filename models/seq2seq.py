@@ -58,6 +58,7 @@ class Seq2SeqTransformer(nn.Module):
             **(attention or {}),
             "n_kv_heads": net.get("n_kv_heads"),
             "dropout": net.get("attn_dropout", 0.0),
+            "positions": net.get("positions", "sinusoidal"),
         }
         self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=0)
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=0)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from .attention import NORMALISED_KINDS, MultiHeadAttention, forms_weights
 from .diagnostics import attention_stats
 from .training import AttnModule, PredictionTable
 from .transformer import Encoder
@@ -118,16 +119,51 @@ class SequenceModule(AttnModule):
         self.test_examples.reset()
 
 
+def can_score_adaptive(net: nn.Module) -> bool:
+    """Whether every attention of ``net`` was trained at the fixed temperature 1 with the plain softmax
+    over normalised weights: the models the adaptive rule (Veličković et al., 2024) is defined on."""
+    layers = [m for m in net.modules() if isinstance(m, MultiHeadAttention)]
+    return bool(layers) and all(
+        m.softmax == "softmax" and m.kind in NORMALISED_KINDS and m.rule is None
+        and m.learned_temperature is None and m.temperature == 1.0
+        for m in layers
+    )  # fmt: skip
+
+
+def _set_adaptive(net: nn.Module, on: bool) -> None:
+    for m in net.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.adaptive = on
+
+
 @torch.no_grad()
 def evaluate_at_lengths(
-    net: nn.Module, datasets: dict[int, Any], batch_size: int = 256, metric: str = "test/acc"
+    net: nn.Module,
+    datasets: dict[int, Any],
+    batch_size: int = 256,
+    metric: str = "test/acc",
+    adaptive: bool = False,
 ) -> dict[str, float]:
     """Accuracy over target positions and the mean attention entropy (nats) per layer at each length.
 
     ``datasets`` maps a length to a ``TensorDataset`` of ``(ids, targets)``. Returns
     ``{metric}@{L}`` and ``test/entropy@{L}/l{layer}``: the entropy of the attention rows of the target
     positions, averaged over heads and examples (kinds that form no weights, ``linear``, give none).
+    With ``adaptive`` (and a model :func:`can_score_adaptive`), the same checkpoint is scored again with
+    the adaptive temperature in every layer: ``test/adaptive_acc@{L}`` and
+    ``test/adaptive_entropy@{L}/l{layer}``, paired with the plain scores example by example.
     """
+    out = _evaluate(net, datasets, batch_size, metric, "test/entropy")
+    if adaptive and can_score_adaptive(net):
+        _set_adaptive(net, True)
+        try:
+            out.update(_evaluate(net, datasets, batch_size, "test/adaptive_acc", "test/adaptive_entropy"))
+        finally:
+            _set_adaptive(net, False)
+    return out
+
+
+def _evaluate(net: nn.Module, datasets: dict[int, Any], batch_size: int, metric: str, entropy_name: str):
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -140,7 +176,7 @@ def evaluate_at_lengths(
         for start in range(0, len(ids_all), batch_size):
             ids = ids_all[start : start + batch_size].to(device)
             y = y_all[start : start + batch_size].to(device)
-            logits, weights = net(ids, need_weights=kind != "linear")
+            logits, weights = net(ids, need_weights=forms_weights(kind))
             asked = y != IGNORE
             right += int(((logits.argmax(-1) == y) & asked).sum())
             total += int(asked.sum())
@@ -149,8 +185,8 @@ def evaluate_at_lengths(
                     per_head = attention_stats(w, asked)["entropy"]
                     entropy[layer] += float(per_head.mean()) * len(ids)
         out[f"{metric}@{length}"] = right / max(1, total)
-        if kind != "linear":
+        if forms_weights(kind):
             for layer, value in enumerate(entropy):
-                out[f"test/entropy@{length}/l{layer}"] = value / len(ids_all)
+                out[f"{entropy_name}@{length}/l{layer}"] = value / len(ids_all)
     net.train(was_training)
     return out

@@ -33,10 +33,15 @@ from torch import Tensor, nn
 
 Normaliser = Callable[..., Tensor]
 _REGISTRY: dict[str, Normaliser] = {}
+BUILTIN_NORMALISERS: frozenset[str] = frozenset()  # filled below the built-ins: plugins cannot redefine them
 
 
 def register_softmax(name: str) -> Callable[[Normaliser], Normaliser]:
-    """Register a normaliser under ``name`` (decorator)."""
+    """Register a normaliser under ``name`` (decorator); a built-in name is refused (``ValueError``)."""
+    if name in BUILTIN_NORMALISERS:
+        raise ValueError(
+            f"softmax variant {name!r} is built in and cannot be redefined; register another name"
+        )
 
     def deco(fn: Normaliser) -> Normaliser:
         _REGISTRY[name] = fn
@@ -215,6 +220,7 @@ def _sparse_normaliser(fn: type[torch.autograd.Function], gap: float) -> Normali
 sparsemax = register_softmax("sparsemax")(_sparse_normaliser(_Sparsemax, gap=2.0))
 sparsemax.__doc__ = "Sparsemax: projection of ``z / T`` onto the simplex, exact zeros."
 entmax15 = register_softmax("entmax15")(_sparse_normaliser(_Entmax15, gap=3.0))
+BUILTIN_NORMALISERS = frozenset(_REGISTRY)
 entmax15.__doc__ = "1.5-entmax of ``z / T``: ``max(z/(2T) - tau, 0)^2``, exact zeros."
 
 
@@ -250,6 +256,46 @@ def adaptive_beta(probs: Tensor, dim: int = -1) -> Tensor:
     for c in ADAPTIVE_POLY:
         poly = poly * h + c
     return torch.where(h > ADAPTIVE_MIN_ENTROPY, poly.clamp_min(1.0), torch.ones_like(h))
+
+
+def visible_keys(mask: Tensor | None, is_causal: bool, lq: int, lk: int, device=None) -> Tensor:
+    """How many keys each query sees, ``[B | 1, H | 1, Lq, 1]`` (float): all ``Lk``, or those the boolean
+    ``mask`` (True = attend, broadcastable to ``[B, H, Lq, Lk]``) and causality (``j <= i``) leave."""
+    if mask is None and not is_causal:
+        return torch.full((1, 1, lq, 1), float(lk), device=device)
+    seen = torch.ones(1, 1, lq, lk, dtype=torch.bool, device=device)
+    if is_causal:
+        seen = seen & torch.ones(lq, lk, dtype=torch.bool, device=device).tril()
+    if mask is not None:
+        seen = seen & mask
+    return seen.sum(dim=-1, keepdim=True).to(torch.get_default_dtype())
+
+
+def logn_scale(n: Tensor, train_len: int) -> Tensor:
+    """Log-n scaling (Chiang & Cholak, 2022; Qwen's ``logn`` attention): the logits of a query that sees
+    ``n`` keys are multiplied by ``max(1, ln n / ln L)``, ``L`` the training length: nothing changes up to
+    ``L``, and beyond it the logits grow as fast as ``ln n``, the growth that keeps a softmax over ``n``
+    keys as sharp as it was over ``L``. Parameter-free."""
+    if train_len < 2:
+        raise ValueError(f"log-n scaling needs a training length >= 2, got {train_len}")
+    return (n.clamp_min(1.0).log() / math.log(train_len)).clamp_min(1.0)
+
+
+class ScalableSoftmax(nn.Module):
+    """Scalable-Softmax (Nakanishi, 2025, "Scalable-Softmax is superior for attention"): the logits of a
+    query that sees ``n`` keys are multiplied by ``s_h ln n``, ``s_h > 0`` learned per head
+    (``s = exp(log_s)``), initialised to ``1 / ln L`` so that the factor is 1 at the training length
+    ``L``. ``n`` is taken >= 2 (a single visible key gets all its weight whatever the factor)."""
+
+    def __init__(self, n_heads: int, train_len: int) -> None:
+        super().__init__()
+        if train_len < 2:
+            raise ValueError(f"Scalable-Softmax needs a training length >= 2, got {train_len}")
+        self.log_s = nn.Parameter(torch.full((n_heads, 1, 1), -math.log(math.log(train_len))))
+
+    def forward(self, n: Tensor) -> Tensor:
+        """The factor ``s_h ln n``, ``[B | 1, H, Lq, 1]`` for ``n`` from :func:`visible_keys`."""
+        return self.log_s.exp() * n.clamp_min(2.0).log()
 
 
 def softmax_jacobian(s: Tensor) -> Tensor:

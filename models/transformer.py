@@ -15,16 +15,7 @@ from torch import Tensor, nn
 
 from .attention import MultiHeadAttention, get_attention
 from .flops import encoder_forward_flops
-
-
-def sinusoidal_positions(max_len: int, d_model: int) -> Tensor:
-    """``[max_len, d_model]`` sinusoidal position encodings (Vaswani et al., 2017)."""
-    pos = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-    pe = torch.zeros(max_len, d_model)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
-    return pe
+from .positions import sinusoidal_positions
 
 
 class Block(nn.Module):
@@ -72,6 +63,8 @@ class AttentionPooling(nn.Module):
 class Encoder(nn.Module):
     """The block stack every task model composes: positions, dropout, ``n_layers`` pre-norm
     :class:`Block` s of registry attention and a final LayerNorm, built from the ``model`` config.
+    ``positions`` (:mod:`attn.models.positions`): ``sinusoidal`` adds its table here; ``rope`` and
+    ``alibi`` act in every attention; ``none`` gives no position at all.
 
     ``forward(x [B, L, d], keep [B, L] | None)`` returns ``[B, L, d]`` and, per layer, the attention
     weights (``None`` unless asked). ``causal`` lets position ``i`` see only positions ``<= i``.
@@ -90,14 +83,19 @@ class Encoder(nn.Module):
         attn_dropout: float = 0.0,
         attention: dict[str, Any] | None = None,
         causal: bool = False,
+        positions: str = "sinusoidal",
     ) -> None:
         super().__init__()
-        attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout}
-        self.d_model, self.max_len, self.causal = d_model, max_len, causal
+        attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout,
+                     "positions": positions}  # fmt: skip
+        self.d_model, self.max_len, self.causal, self.position_kind = d_model, max_len, causal, positions
         self.shape = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "mlp_ratio": mlp_ratio,
                       "n_kv_heads": n_kv_heads, "kind": attention.get("kind", "scaled_dot"),
                       "hidden": attention.get("hidden")}  # fmt: skip
-        self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
+        table = (
+            sinusoidal_positions(max_len, d_model) if positions == "sinusoidal" else torch.zeros(0, d_model)
+        )
+        self.register_buffer("positions", table, persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
@@ -110,10 +108,13 @@ class Encoder(nn.Module):
         return encoder_forward_flops(length=length, **self.shape)
 
     def embed_positions(self, x: Tensor) -> Tensor:
-        """``x + positions``, then dropout; refuses sequences longer than ``model.max_len``."""
+        """``x + positions`` (sinusoidal; else ``x``), then dropout; refuses sequences longer than
+        ``model.max_len``."""
         if x.shape[1] > self.max_len:
             raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len={self.max_len}")
-        return self.drop(x + self.positions[: x.shape[1]])
+        if self.position_kind == "sinusoidal":
+            x = x + self.positions[: x.shape[1]]
+        return self.drop(x)
 
     def forward(
         self, x: Tensor, keep: Tensor | None = None, need_weights: bool = False

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
+from attn.datamodules.subword import join_pieces
 from attn.datamodules.vocab import detokenize
 
 from .seq2seq import Seq2SeqTransformer
@@ -35,6 +36,7 @@ class TranslationModule(AttnModule):
         attention: dict[str, Any],
         label_smoothing: float = 0.1,
         beam: int = 1,
+        subword: bool = False,
         **optim: Any,
     ) -> None:
         super().__init__(**optim)
@@ -42,6 +44,7 @@ class TranslationModule(AttnModule):
         self.tgt_tokens = list(tgt_tokens)
         self.bos, self.eos = self.tgt_tokens.index(BOS), self.tgt_tokens.index(EOS)
         self.max_target_len, self.beam, self.label_smoothing = max_target_len, beam, label_smoothing
+        self.subword = subword  # target tokens are subword pieces: joined into words before detokenizing
         self.net = Seq2SeqTransformer(src_vocab_size, len(self.tgt_tokens), attention=attention, **net)
         self.test_examples = SumMetric()
         self._hyps: list[str] = []
@@ -75,7 +78,7 @@ class TranslationModule(AttnModule):
             if i == self.eos or i == 0:
                 break
             words.append(self.tgt_tokens[i])
-        return detokenize(words)
+        return detokenize(join_pieces(words) if self.subword else words)
 
     def translate(self, src: Tensor) -> list[str]:
         """Detokenised translations of a batch of source ids."""

@@ -4,7 +4,8 @@ Its modules import downward only (``tests/test_layers.py`` checks it), in these 
 
 1. ``paths``, ``errors``, ``machine``, ``provenance``, ``records``: where things are, the machine and job,
    and the record store (``results.json``, ``sweep.json``, ``metrics.csv``);
-2. ``schema``, ``config``: composing and validating the config; ``stats``: the report's statistics;
+2. ``plugins``, ``schema``, ``config``: the user's plugins, composing and validating the config; ``stats``:
+   the report's statistics;
 3. ``threads``: the CPU thread policy; ``checkpoints``; ``collect``: reading runs for the report;
 4. ``signals``, ``resume``, ``aggregate``, ``plots``;
 5. ``run``, ``slurm``, ``figures``;

@@ -16,13 +16,20 @@ from .collect import ALIASES, Run
 from .stats import (
     ALPHA,
     CHANCE,
+    Paired,
     Stat,
+    Success,
+    fisher_p,
     holm,
     is_counter,
     is_descriptive,
     lower_is_better,
     metric_range,
+    prob_improvement,
+    prob_improvement_ci,
     resolution,
+    seeds_for_power,
+    solved,
     welch_p,
 )
 
@@ -44,6 +51,11 @@ class Rank:
     p: float | None = None  # Welch's p against the best, uncorrected
     p_holm: float | None = None
     at_chance: bool | None = None  # the interval reaches the task's chance level
+    # Against the group with the best mean (the ranking metric only): P(best > this) over pairs of runs
+    # with its bootstrap interval, and the seeds per group a Welch test would need to separate the two.
+    p_improve: float | None = None
+    p_improve_ci: tuple[float, float] | None = None
+    seeds_needed: int | None = None
 
 
 @dataclass
@@ -59,6 +71,7 @@ class Group:
     metric: str = ""  # the metric that ranks this task's groups
     chance: float | None = None  # the task's chance level of ``metric`` (accuracy only)
     duplicates: list[Run] = field(default_factory=list)  # copies of a counted run's config and seed
+    success: Success | None = None  # runs past task.solved_at on the ranking metric (a lottery, if split)
 
     def rank(self, metric: str | None = None) -> Rank:
         return self.ranks.get(metric or self.metric) or Rank()
@@ -170,7 +183,9 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
     )
     if chance is not None:
         for g in eligible:
-            g.ranks[metric].at_chance = g.stats[metric].ci[0] <= chance
+            # a group some of whose runs solved the task is a lottery, not at chance, whatever its interval
+            lottery = g.success is not None and g.metric == metric and g.success.k > 0
+            g.ranks[metric].at_chance = g.stats[metric].ci[0] <= chance and not lottery
     if not eligible:
         return f"no group has 2 or more seeds of {metric}: nothing is ranked", 0
     sign = -1 if lower_is_better(metric) else 1
@@ -208,6 +223,54 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
         f" {tied} indistinguishable{extra} ({test})",
         len(others),
     )
+
+
+def successes(groups: list[Group], metric: str, runs: list[Run]) -> float | None:
+    """Each group's success count on ``metric`` against the task's ``task.solved_at`` (None: the task sets
+    no threshold, and nothing is counted), and Fisher's exact test of every rate against the highest one,
+    Holm-corrected. Returns the threshold."""
+    threshold = next((r.get("task.solved_at") for r in runs if r.get("task.solved_at") is not None), None)
+    if threshold is None:
+        return None
+    for g in groups:
+        values = [r.metrics[metric] for r in g.runs if metric in r.metrics]
+        if values:
+            g.success = Success(sum(solved(v, float(threshold), metric) for v in values), len(values))
+    scored = [g for g in groups if g.success is not None]
+    if len(scored) >= 2:
+        top = max(scored, key=lambda g: g.success.rate)
+        others = [g for g in scored if g is not top]
+        raw = [fisher_p(top.success.k, top.success.n, g.success.k, g.success.n) for g in others]
+        for g, p, q in zip(others, raw, holm(raw), strict=True):
+            g.success.p, g.success.p_holm = p, q
+    return float(threshold)
+
+
+def lottery_text(groups: list[Group], threshold: float | None) -> str:
+    """The verdict's words for groups whose runs split into solved and unsolved ("3 of 6 runs solved it")."""
+    split = [g for g in groups if g.success is not None and g.success.split]
+    if not split:
+        return ""
+    parts = [f"{' / '.join(map(str, g.key))}: {g.success.k} of {g.success.n} runs solved it" for g in split]
+    return f"; a lottery (runs past solved_at = {threshold:g} or not) in {'; '.join(parts)}"
+
+
+def versus_best(groups: list[Group], metric: str) -> None:
+    """For the ranking metric: P(best > group) with its bootstrap interval, and, where the two are not
+    told apart, the seeds per group that would separate the observed difference with 80% power."""
+    eligible = [g for g in groups if metric in g.stats and g.stats[metric].n >= 2]
+    if len(eligible) < 2 or is_counter(metric) or is_descriptive(metric):
+        return
+    sign = -1 if lower_is_better(metric) else 1
+    top = max(eligible, key=lambda g: sign * g.stats[metric].mean)
+    best = [sign * v for v in top.stats[metric].values]
+    for g in eligible:
+        if g is top:
+            continue
+        r, values = g.ranks[metric], [sign * v for v in g.stats[metric].values]
+        r.p_improve, r.p_improve_ci = prob_improvement(best, values), prob_improvement_ci(best, values)
+        separated = r.p_holm is not None and r.p_holm < ALPHA
+        r.seeds_needed = None if separated else seeds_for_power(top.stats[metric], g.stats[metric])
 
 
 def aggregate(
@@ -249,16 +312,55 @@ def aggregate_with_verdicts(
             )  # fmt: skip
         rows.sort(key=lambda g: tuple(_sortable(k) for k in g.key))
         ranked_by = ranking_metric({m for g in rows for m in g.stats}, metric)
+        for g in rows:
+            g.metric = ranked_by
+        threshold = successes(rows, ranked_by, members)
         text, k = "", 0
         for m in sorted({m for g in rows for m in g.stats}):
             line, n = rank(rows, m, resolution(m, [r.metrics.get("test/examples") for r in members]))
             if m == ranked_by:
                 text, k = line, n
-        for g in rows:
-            g.metric = ranked_by
-        verdicts[split] = Verdict(text, extra, k)
+        versus_best(rows, ranked_by)
+        verdicts[split] = Verdict(text + lottery_text(rows, threshold), extra, k)
         out[split] = rows
     return out, verdicts
+
+
+# Second scores of the same checkpoint (test/adaptive_acc@N beside test/acc@N): prefix -> what differs.
+SECOND_SCORES = {"test/adaptive_": "adaptive temperature"}
+
+
+@dataclass
+class PairedComparison:
+    """A group's runs scored two ways from the same checkpoints, paired by seed."""
+
+    key: tuple[Any, ...]
+    metric: str  # the score as trained, e.g. test/acc@64
+    other: str  # the second score, e.g. test/adaptive_acc@64
+    what: str  # what the second score changes
+    result: Paired
+    p_holm: float | None = None  # Holm-corrected over the task's paired comparisons
+
+
+def paired_comparisons(groups: list[Group], entropy: bool = False) -> list[PairedComparison]:
+    """Every second score (:data:`SECOND_SCORES`) against its first, per group, over the runs that have
+    both (entropies only with ``entropy``); Holm-corrected over the comparisons returned."""
+    out = []
+    for g in groups:
+        names = sorted({m for r in g.runs for m in r.metrics})
+        for prefix, what in SECOND_SCORES.items():
+            for other in (m for m in names if m.startswith(prefix)):
+                base = "test/" + other[len(prefix) :]
+                if not entropy and "entropy" in base:
+                    continue
+                runs = [r for r in g.runs if base in r.metrics and other in r.metrics]
+                if runs:
+                    pair = Paired([r.metrics[base] for r in runs], [r.metrics[other] for r in runs])
+                    out.append(PairedComparison(g.key, base, other, what, pair))
+    adjusted = holm([c.result.p for c in out])
+    for c, p in zip(out, adjusted, strict=True):
+        c.p_holm = None if math.isnan(p) else p
+    return out
 
 
 def _once_per_seed(runs: list[Run]) -> tuple[list[Run], list[Run]]:

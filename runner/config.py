@@ -12,13 +12,39 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
-from .paths import CONF_DIR, GROUPS, group_options
+from .paths import CONF_DIR, CONFIG_DIR_ENV, GROUPS, config_dirs, group_options
 from .schema import validate
+
+
+def check_config_dirs() -> list[str]:
+    """The user's config directories as Hydra search-path entries; ``ConfigError`` for a directory that
+    does not exist or a file that would shadow a packaged one (``attention/scaled_dot.yaml``)."""
+    entries = []
+    for root in config_dirs():
+        if not root.is_dir():
+            raise ConfigError(f"--config-dir {root}: no such directory ({CONFIG_DIR_ENV})")
+        for path in sorted(p for depth in ("*.yaml", "*/*.yaml", "*/*/*.yaml") for p in root.glob(depth)):
+            rel = path.relative_to(root)
+            if (CONF_DIR / rel).is_file():
+                what = (
+                    f"the option {rel.parent}={rel.stem}"
+                    if str(rel.parent) != "."
+                    else "attn's primary config"
+                )
+                raise ConfigError(
+                    f"--config-dir {root}: {rel} has the name of {what} in {CONF_DIR}; a user config adds"
+                    " options and cannot replace attn's, so rename it"
+                )
+        entries.append("'file://" + str(root).replace("\\", "\\\\").replace("'", "\\'") + "'")
+    return entries
 
 
 def _compose_raw(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
+    search = check_config_dirs()
+    if search:  # the user's groups and options beside the packaged ones (Hydra's search path)
+        overrides = [f"hydra.searchpath=[{','.join(search)}]", *overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="attn"):
         return compose(config_name="config", overrides=overrides)
 

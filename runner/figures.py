@@ -12,6 +12,7 @@ from attn.models.diagnostics import attention_maps
 from . import plots
 from .aggregate import Group
 from .collect import Run
+from .plugins import load_plugins
 from .records import read_metrics
 from .stats import Stat, lower_is_better
 
@@ -166,6 +167,8 @@ def heatmaps(groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: 
     tokens = _held_out_tokens(next(iter(best_run.values()))) if best_run else None
     if not tokens:
         return []
+    for run in best_run.values():  # a plugin's kind is rebuilt from its checkpoint: import the plugin first
+        load_plugins(list(run.get("plugins") or []))
     paths = []
     for kind, run in sorted(best_run.items(), key=lambda kv: str(kv[0])):
         ids = Vocabulary.load(str(Path(run.run_dir) / "vocab.json")).encode(tokens)

@@ -15,12 +15,32 @@ GROUPS = (
 )  # fmt: skip
 RUN_DIR_ENV = "ATTN_RUN_DIR"  # a run's directory, given by a sweep to its trials and by a run to its ranks
 CPUS_ENV = "ATTN_CPUS"  # the CPUs a sweep gives one trial
+# The user's config directories (``--config-dir``; several joined by os.pathsep), searched after ``conf/``.
+CONFIG_DIR_ENV = "ATTN_CONFIG_DIR"
+
+
+def config_dirs() -> list[Path]:
+    """The user's config directories (``ATTN_CONFIG_DIR``, set by ``--config-dir``), absolute."""
+    raw = os.environ.get(CONFIG_DIR_ENV, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
 def group_options(group: str) -> list[str]:
-    """The option names of a config group (the YAML files in ``conf/<group>/``); ``sweep`` lists the
-    sweep presets."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    """The option names of a config group (the YAML files in ``conf/<group>/`` and in the user's config
+    directories' ``<group>/``); ``sweep`` lists the sweep presets."""
+    found = set()
+    for root in (CONF_DIR, *config_dirs()):
+        found |= {p.stem for p in (root / group).glob("*.yaml")}
+    return sorted(found)
+
+
+def find_option(group: str, option: str) -> Path | None:
+    """The YAML file of ``group=option``: the packaged one, else the first user directory's."""
+    for root in (CONF_DIR, *config_dirs()):
+        path = root / group / f"{option}.yaml"
+        if path.is_file():
+            return path
+    return None
 
 
 def short_name(name: str) -> str:

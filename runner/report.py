@@ -24,15 +24,17 @@ from .aggregate import (
     DEFAULT_GROUP_BY,
     PRIMARY_METRICS,
     Group,
+    PairedComparison,
     Verdict,
     aggregate_with_verdicts,
+    paired_comparisons,
     split_metrics,
 )
 from .collect import ALIASES, Run
 from .errors import ConfigError
 from .figures import draw_all
 from .paths import now_iso
-from .stats import ALPHA, CHANCE, Stat, is_counter
+from .stats import ALPHA, CHANCE, Stat, iqm, iqm_ci, is_counter
 
 FORMATS = ("md", "html", "csv")
 
@@ -88,7 +90,27 @@ def _mark(g: Group) -> str:
         mark = f"{mark} (p={r.p:.3f}, Holm {r.p_holm:.3f})".strip()
     if r.at_chance:
         mark = f"{mark}; at chance".strip("; ")
+    if r.p_improve is not None:
+        lo, hi = r.p_improve_ci or (math.nan, math.nan)
+        mark = f"{mark}; P(best>) {r.p_improve:.2f} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]".strip("; ")
+    if r.seeds_needed is not None:
+        mark = f"{mark}; 80% power at ~{r.seeds_needed} seeds/group".strip("; ")
     return mark
+
+
+def _success_cell(g: Group) -> str:
+    s = g.success
+    if s is None:
+        return "–"
+    lo, hi = s.ci
+    return f"{s.k}/{s.n} = {s.rate:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _iqm_cell(stat: Stat | None) -> str:
+    if stat is None or stat.n < 2:
+        return "–"
+    lo, hi = iqm_ci(stat.values)
+    return f"{iqm(stat.values):.4f} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
 def table_rows(
@@ -97,16 +119,48 @@ def table_rows(
     """Header and rows of one task's summary table (strings); ``split_on``: the task's split keys."""
     split_on = split_on or []
     chance = any(g.chance is not None for g in groups)
+    success = any(g.success is not None for g in groups)
+    ranking = groups[0].metric if groups else ""
+    robust = (
+        bool(ranking)
+        and not is_counter(ranking)
+        and any(g.stats.get(ranking) is not None and g.stats[ranking].n >= 2 for g in groups)
+    )
     header = [*group_by, *split_on, "n"]
     header += [m if is_counter(m) else f"{m} mean ± std [95% CI]" for m in metrics]
+    header += [f"{ranking} IQM [95% bootstrap]"] if robust else []
+    header += ["solved [95% Wilson]"] if success else []
     header += [*(["chance"] if chance else []), "train s", "vs best"]
     rows = [header]
     for g in groups:
         n = max((s.n for s in g.stats.values()), default=len(g.runs))
         cells = [*map(str, g.key), str(n), *[_cell(g.stats.get(m), m) for m in metrics]]
+        cells += [_iqm_cell(g.stats.get(ranking))] if robust else []
+        cells += [_success_cell(g)] if success else []
         cells += [_fmt(g.chance)] if chance else []
         rows.append([*cells, _fmt(g.duration, 1), _mark(g)])
     return rows
+
+
+def paired_rows(comparisons: list[PairedComparison], group_by: tuple[str, ...]) -> list[list[str]]:
+    """Header and rows of the paired comparisons of one task (second score against the first)."""
+    header = [*group_by, "metric", "second score", "n", "first", "second", "second − first [95% CI]",
+              "paired t p", "Holm"]  # fmt: skip
+    rows = [header]
+    for c in comparisons:
+        r = c.result
+        lo, hi = r.ci
+        diff = f"{r.mean:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if r.n >= 2 else " (n=1)")
+        first, second = sum(r.a) / r.n, sum(r.b) / r.n
+        rows.append([*map(str, c.key[: len(group_by)]), c.metric, c.what, str(r.n), _fmt(first), _fmt(second),
+                     diff, _fmt(r.p, 3), _fmt(c.p_holm, 3)])  # fmt: skip
+    return rows
+
+
+PAIRED_CAPTION = (
+    "The same checkpoints scored a second way, paired by seed: the mean of the per-seed differences with its"
+    " 95% t-interval, and the paired t-test (scipy's ttest_rel), Holm-corrected over this task's pairs."
+)
 
 
 def _markdown_table(rows: list[list[str]]) -> str:
@@ -211,11 +265,29 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
             + [r.duration_s if r.duration_s is not None else "", r.error or ""]
         )
     runs_csv = write_text_atomic(out / "runs.csv", buf.getvalue())
+    paired_csv = []
+    comparisons = {split: paired_comparisons(gs, entropy=True) for split, gs in rep.groups.items()}
+    if any(comparisons.values()):
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["task", *group_by, "metric", "second", "n", "mean_first", "mean_second", "mean_diff",
+                    "ci_low", "ci_high", "p_paired", "p_holm"])  # fmt: skip
+        for split, cs in comparisons.items():
+            for c in cs:
+                r = c.result
+                lo, hi = r.ci
+                p_holm = "" if c.p_holm is None else c.p_holm
+                w.writerow([split, *c.key[: len(group_by)], c.metric, c.other, r.n, sum(r.a) / r.n,
+                            sum(r.b) / r.n, r.mean, lo, hi, r.p, p_holm])  # fmt: skip
+        paired_csv = [write_text_atomic(out / "paired.csv", buf.getvalue())]
     buf = io.StringIO()
     w = csv.writer(buf)
     keys = sorted({k for v in rep.verdicts.values() for k in v.split_keys})
     head = ["task", *group_by, *keys, "metric", "n", "mean", "std", "ci_low", "ci_high", "chance"]
-    w.writerow([*head, "best", "tied", "p_vs_best", "p_holm"])
+    robust = ["iqm", "iqm_ci_low", "iqm_ci_high", "p_best_beats", "p_best_beats_ci_low",
+              "p_best_beats_ci_high", "seeds_for_80pct_power"]  # fmt: skip
+    lottery = ["success_rate", "success_ci_low", "success_ci_high", "p_success_fisher", "p_success_holm"]
+    w.writerow([*head, "best", "tied", "p_vs_best", "p_holm", *robust, *lottery])
 
     def num(x: float | None) -> float | str:
         return "" if x is None or math.isnan(x) else x
@@ -230,8 +302,27 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
                 chance = g.chance if m.split("@")[0] == "test/acc" else None
                 std = math.nan if is_counter(m) else s.std
                 row = [split, *base, *[extra.get(k, "") for k in keys], m, s.n, s.mean, num(std), num(lo)]
-                w.writerow([*row, num(hi), num(chance), r.best, r.tied, num(r.p), num(r.p_holm)])
-    return [runs_csv, write_text_atomic(out / "summary.csv", buf.getvalue())]
+                row += [num(hi), num(chance), r.best, r.tied, num(r.p), num(r.p_holm)]
+                w.writerow([*row, *_robust_cells(g, m, num), *_success_cells(g, m, num)])
+    return [runs_csv, *paired_csv, write_text_atomic(out / "summary.csv", buf.getvalue())]
+
+
+def _robust_cells(g: Group, metric: str, num: Any) -> list[Any]:
+    """IQM (every metric; its bootstrap interval for the ranking metric), P(best > this) and the seeds for
+    80% power (ranking metric)."""
+    s, r = g.stats[metric], g.rank(metric)
+    if is_counter(metric) or s.n < 1:
+        return [""] * 7
+    lo, hi = iqm_ci(s.values) if metric == g.metric else (math.nan, math.nan)
+    plo, phi = r.p_improve_ci or (math.nan, math.nan)
+    return [iqm(s.values), num(lo), num(hi), num(r.p_improve), num(plo), num(phi), num(r.seeds_needed)]
+
+
+def _success_cells(g: Group, metric: str, num: Any) -> list[Any]:
+    if g.success is None or metric != g.metric:
+        return [""] * 5
+    lo, hi = g.success.ci
+    return [g.success.rate, lo, hi, num(g.success.p), num(g.success.p_holm)]
 
 
 def _counts(rep: Report) -> str:
@@ -288,6 +379,16 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
         for t in task_lines(rep, split):
             lines += [f"**{t}**" if t.startswith("Verdict") else t, ""]
         lines += [_markdown_table(table_rows(groups, group_by, split_metrics(groups), own)), ""]
+        pairs = paired_comparisons(groups)
+        if pairs:
+            lines += [
+                "### Scored two ways",
+                "",
+                PAIRED_CAPTION,
+                "",
+                _markdown_table(paired_rows(pairs, group_by)),
+                "",
+            ]
         for img in images.get(split, []):
             lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
         lines.append("")

@@ -46,7 +46,8 @@ from .checkpoints import (
 )
 from .errors import ConfigError
 from .machine import cpu_name, is_rank_zero
-from .paths import RUN_DIR_ENV, resolve_run_dir
+from .paths import RUN_DIR_ENV, config_dirs, resolve_run_dir
+from .plugins import loaded_plugins
 from .provenance import provenance
 from .records import RESULTS, DirLock, Record, RunRecord, config_digest, flatten, read_record, record_status
 from .resume import RESUMABLE_KEYS, Resume
@@ -86,9 +87,12 @@ def quiet_third_party() -> None:
 # builders
 
 
-def _attention_kwargs(cfg: DictConfig) -> dict[str, Any]:
+def _attention_kwargs(cfg: DictConfig, train_len: int | None = None) -> dict[str, Any]:
+    """The attention settings every MultiHeadAttention gets; ``train_len``: the training sequence length
+    (for ``temperature=logn|ssmax``; default ``model.max_len``)."""
     params = {k: v for k, v in OmegaConf.to_container(cfg.attention.params).items() if v is not None}
     return {
+        "train_len": train_len or cfg.model.max_len,
         "kind": cfg.attention.kind,
         "scale": cfg.attention.scale,
         "softmax": cfg.softmax.name,
@@ -98,9 +102,12 @@ def _attention_kwargs(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def build_data_and_module(cfg: DictConfig) -> tuple[Any, Any]:
-    """The task's LightningDataModule (set up for fitting) and LightningModule, from ``cfg``."""
+def build_data_and_module(cfg: DictConfig, run_dir: Path | None = None) -> tuple[Any, Any]:
+    """The task's LightningDataModule (set up for fitting) and LightningModule, from ``cfg``; ``run_dir``
+    holds what a resumed run reuses (its subword model)."""
     dm = instantiate(cfg.task.datamodule, _convert_="all")
+    if "tokenizer" in cfg.task:  # text tasks: words, or subwords trained on the training split
+        dm.set_tokenizer(cfg.task.tokenizer, cfg.task.vocab_size, str(run_dir) if run_dir else None)
     dm.setup("fit")
     # A datamodule tells its module about the data (vocabularies, classes); classification's is the default.
     data = (
@@ -113,7 +120,7 @@ def build_data_and_module(cfg: DictConfig) -> tuple[Any, Any]:
         _convert_="all",
         **data,
         net=OmegaConf.to_container(cfg.model),
-        attention=_attention_kwargs(cfg),
+        attention=_attention_kwargs(cfg, getattr(dm, "train_tokens", None)),
         **OmegaConf.to_container(cfg.optim),
     )
     return dm, module
@@ -268,7 +275,7 @@ def fit_and_test(
     quiet_third_party()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     container = OmegaConf.to_container(cfg, resolve=True)
-    dm, module = build_data_and_module(cfg)
+    dm, module = build_data_and_module(cfg, run_dir)
     module.attn_config = container  # stored in every checkpoint: a resume checks it against config.yaml
     extra = record.data.extra
     extra["config_sha1"] = config_digest(container, RESUMABLE_KEYS)
@@ -311,7 +318,8 @@ def fit_and_test(
     lengths = cfg.task.get("eval_lengths")  # [] still tests the training length
     if lengths is not None and hasattr(dm, "at_length") and trainer.is_global_zero:
         data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}
-        metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size))
+        adaptive = bool(cfg.task.get("eval_adaptive", False))
+        metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size, adaptive=adaptive))
     record.data.best_checkpoint = best
     extra["predictions"] = getattr(module, "prediction_info", None)
     for logger in loggers:
@@ -379,11 +387,22 @@ def _start_record(
         except ValueError:
             attempts = []  # no record (killed before it) or a corrupt one: its attempts are unknown
     record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0, attempts=attempts)
-    record.data.extra["provenance"] = provenance()
+    record.data.extra["provenance"] = {**provenance(), **_user_code(cfg)}
     record.data.extra["threads"] = threads.as_dict()
     if resume is not None:
         record.data.extra["resumed_from"] = str(resume.checkpoint)
     return record
+
+
+def _user_code(cfg: DictConfig) -> dict[str, Any]:
+    """The plugins of this run and the user's config directories, when there are any."""
+    found: dict[str, Any] = {}
+    used = loaded_plugins(list(cfg.get("plugins") or []))
+    if used:
+        found["plugins"] = used
+    if config_dirs():
+        found["config_dirs"] = [str(p) for p in config_dirs()]
+    return found
 
 
 def _run_locked(

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .errors import ConfigError
 from .machine import cpu_has_bf16
+from .plugins import load_plugins
 
 THREADS_CHOICES = "'auto', 'torch' or an integer >= 1"
 
@@ -32,6 +33,7 @@ class ModelSchema:
     n_kv_heads: Optional[int] = None  # noqa: UP045 (OmegaConf needs Optional)
     mlp_ratio: int = 4
     max_len: int = 64
+    positions: str = "sinusoidal"
     dropout: float = 0.0
     attn_dropout: float = 0.0
 
@@ -262,6 +264,24 @@ def _check_finite(node: Any, path: str = "") -> None:
             raise ConfigError(f"{where}={value} is invalid: must be a finite number")
 
 
+def _check_tokenizer(task: DictConfig) -> None:
+    """``task.tokenizer`` and ``task.vocab_size`` of the text tasks (other tasks have neither)."""
+    from attn.datamodules.subword import TOKENIZERS
+
+    if "tokenizer" not in task:
+        return
+    if task.tokenizer not in TOKENIZERS:
+        raise ConfigError(
+            f"task.tokenizer={task.tokenizer!r} is unknown; valid choices: {', '.join(TOKENIZERS)}"
+        )
+    size = task.get("vocab_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        raise ConfigError(
+            f"task.vocab_size={size!r} is invalid: must be an integer >= 8 (the subword vocabulary, with its"
+            " 4 special tokens)"
+        )
+
+
 def _check_optim(optim: DictConfig) -> None:
     """Ranges of the optimiser settings (non-finite values are refused before, by _check_finite)."""
     if optim.lr <= 0:
@@ -276,14 +296,38 @@ def _check_optim(optim: DictConfig) -> None:
             raise ConfigError(f"optim.{key}={optim[key]} is invalid: must be in [0, 1]")
 
 
+def _load_plugins(cfg: DictConfig) -> None:
+    """Import the plugins (config key, ``ATTN_PLUGINS``, entry points); the config records the first two."""
+    configured = cfg.get("plugins")
+    if configured is not None and not (
+        isinstance(configured, ListConfig) and all(isinstance(p, str) and p.strip() for p in configured)
+    ):
+        shown = OmegaConf.to_container(configured) if isinstance(configured, ListConfig) else configured
+        raise ConfigError(
+            f"plugins={shown!r} is invalid: must be a list of module names or .py paths,"
+            " e.g. plugins=[my_attn]"
+        )
+    named = load_plugins(list(configured or []))
+    if "plugins" in cfg or named:
+        with _open(cfg):
+            cfg.plugins = named
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Types, ranges and combinations of a composed config; ``ConfigError`` on the first problem."""
     cfg = _typed(cfg)
     # The registries import torch: only here, after the caller's before_validate hook has put the thread
     # settings in place (OpenMP reads them once, when torch loads it; see attn.runner.threads).
-    from attn.models.attention import NORMALISED_KINDS, check_combination, list_attention
+    from attn.models.attention import (
+        NORMALISED_KINDS,
+        TEMPERATURE_RULES,
+        check_combination,
+        check_positions,
+        list_attention,
+    )
     from attn.models.softmax import list_softmax
 
+    _load_plugins(cfg)  # their kinds and normalisers are valid from here on
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} is invalid: expected int")
     if not 0 <= cfg.seed < 2**32:
@@ -296,14 +340,20 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(str(e)) from None
     kind, sm = cfg.attention.kind, cfg.softmax.name
     if kind not in list_attention():
-        raise ConfigError(f"attention.kind={kind!r} is unknown; valid choices: {', '.join(list_attention())}")
+        raise ConfigError(
+            f"attention.kind={kind!r} is unknown; valid choices: {', '.join(list_attention())}"
+            " (a kind of your own: load its module with plugins=[module])"
+        )
     if sm not in list_softmax():
-        raise ConfigError(f"softmax.name={sm!r} is unknown; valid choices: {', '.join(list_softmax())}")
+        raise ConfigError(
+            f"softmax.name={sm!r} is unknown; valid choices: {', '.join(list_softmax())}"
+            " (a variant of your own: load its module with plugins=[module])"
+        )
     t = cfg.softmax.temperature
-    named = ("learnable", "adaptive")
+    named = TEMPERATURE_RULES
     if t not in named and not (_number(t) and math.isfinite(t) and t > 0):
         raise ConfigError(
-            f"softmax.temperature={t!r} is invalid: must be a number > 0, 'learnable' or 'adaptive'"
+            f"softmax.temperature={t!r} is invalid: must be a number > 0 or one of {', '.join(named)}"
         )
     if t == "adaptive" and (sm != "softmax" or kind not in NORMALISED_KINDS):
         raise ConfigError(
@@ -328,6 +378,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     params = {k: v for k, v in OmegaConf.to_container(cfg.attention.params).items() if v is not None}
     try:
         check_combination(kind, softmax=sm, dropout_p=m.attn_dropout, params=params)
+        check_positions(kind, m.positions, m.d_model // m.n_heads)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.logger.kind not in LOGGER_KINDS:
@@ -363,6 +414,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required: set it on the command line, e.g. {missing[0]}=<value>")
+    solved_at = cfg.task.get("solved_at")
+    if solved_at is not None and not (_number(solved_at) and math.isfinite(solved_at)):
+        raise ConfigError(f"task.solved_at={solved_at!r} is invalid: must be a number (the main test metric's"
+                          " value that counts a run as solved) or null")  # fmt: skip
+    if not isinstance(cfg.task.get("eval_adaptive", False), bool):
+        raise ConfigError(f"task.eval_adaptive={cfg.task.eval_adaptive!r} is invalid: must be true or false")
     lengths = cfg.task.get("eval_lengths")
     if lengths is not None and not (
         isinstance(lengths, ListConfig)
@@ -373,6 +430,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"task.eval_lengths={shown!r} is invalid: must be a list of whole numbers, e.g. [8,16,32],"
             " or null"
         )
+    _check_tokenizer(cfg.task)
     for key, node in cfg.task.items():
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_target(f"task.{key}", node)

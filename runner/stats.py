@@ -1,6 +1,6 @@
 """The report's statistics, as pure functions over numbers (no files, no plots): a metric's range and
 direction, mean / std / 95% t-interval over seeds, Welch's t-test, Holm's correction, a rate's
-resolution. Quantiles and tails come from scipy."""
+resolution, paired differences of two scores of the same runs. Quantiles and tests come from scipy."""
 
 from __future__ import annotations
 
@@ -133,3 +133,168 @@ def resolution(metric: str, examples: list[float | None]) -> float:
     if not counts or any(not c for c in counts):
         return 0.0
     return 1.0 / min(counts)
+
+
+@dataclass
+class Paired:
+    """Two scores of the same runs (``a``, then ``b``, paired by seed): the mean of ``b - a``, its 95%
+    t-interval and the paired t-test's two-sided p (scipy's ``ttest_rel``)."""
+
+    a: list[float]
+    b: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.a)
+
+    @property
+    def diffs(self) -> list[float]:
+        return [y - x for x, y in zip(self.a, self.b, strict=True)]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.diffs) / self.n if self.n else math.nan
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return Stat(self.diffs).ci if self.n >= 2 else (math.nan, math.nan)
+
+    @property
+    def p(self) -> float:
+        """``nan`` below two pairs or when every pair differs by the same nonzero amount (no spread to
+        test against); 1 when every pair is equal."""
+        d = self.diffs
+        if self.n < 2:
+            return math.nan
+        if all(x == 0 for x in d):
+            return 1.0
+        if max(d) - min(d) <= 1e-12 * max(1.0, max(abs(x) for x in d)):
+            return math.nan
+        from scipy.stats import ttest_rel
+
+        return float(ttest_rel(self.b, self.a).pvalue)
+
+
+# ------------------------------------------------------------------------------------------------
+# lotteries, robust aggregates and power (scipy and statsmodels do the arithmetic)
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0  # a report is reproducible: the same runs give the same intervals
+
+
+@dataclass
+class Success:
+    """How many of a group's runs solved the task (main metric past ``task.solved_at``): the rate with its
+    95% Wilson interval, and Fisher's exact test against the group with the highest rate."""
+
+    k: int
+    n: int
+    p: float | None = None  # Fisher's exact test against the best rate, two-sided
+    p_holm: float | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson(self.k, self.n)
+
+    @property
+    def split(self) -> bool:
+        """Some runs solved it and some did not: a lottery."""
+        return 0 < self.k < self.n
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of ``k`` successes in ``n`` trials (scipy's ``binomtest``)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=1 - ALPHA, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def fisher_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided Fisher's exact test of two success rates ``k1/n1`` and ``k2/n2`` (scipy)."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+
+
+def solved(value: float, threshold: float, metric: str) -> bool:
+    """Whether one run's ``metric`` reached the task's ``solved_at`` threshold."""
+    return value <= threshold if lower_is_better(metric) else value >= threshold
+
+
+def iqm(values: list[float]) -> float:
+    """The interquartile mean: the mean of the middle 50% (scipy's ``trim_mean`` cutting 25% each side,
+    as rliable does)."""
+    from scipy.stats import trim_mean
+
+    return float(trim_mean(values, 0.25))
+
+
+def _rng():
+    import numpy as np
+
+    return np.random.default_rng(BOOTSTRAP_SEED)
+
+
+def iqm_ci(values: list[float]) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the IQM over seeds (scipy's ``bootstrap``, seeded); ``nan``
+    below two values. (One task per group: the stratified bootstrap of rliable is this one stratum.)"""
+    if len(values) < 2 or max(values) == min(values):
+        return (math.nan, math.nan) if len(values) < 2 else (values[0], values[0])
+    from scipy.stats import bootstrap, trim_mean
+
+    res = bootstrap(
+        (values,), lambda x, axis: trim_mean(x, 0.25, axis=axis), n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=1 - ALPHA, method="percentile", random_state=_rng(),
+    )  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def prob_improvement(a: list[float], b: list[float]) -> float:
+    """P(A > B): the chance that a run of A beats a run of B (ties count half), over all pairs of runs;
+    the Mann-Whitney U statistic divided by ``len(a) * len(b)``, as in rliable."""
+    wins = sum((x > y) + 0.5 * (x == y) for x in a for y in b)
+    return wins / (len(a) * len(b))
+
+
+def prob_improvement_ci(a: list[float], b: list[float]) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of :func:`prob_improvement`, each group resampled on its own
+    (scipy's ``bootstrap``, seeded); ``nan`` when a group has fewer than two runs."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    def stat(x, y, axis):
+        gt = (x[..., :, None] > y[..., None, :]).mean(axis=(-2, -1))
+        eq = (x[..., :, None] == y[..., None, :]).mean(axis=(-2, -1))
+        return gt + 0.5 * eq
+
+    res = bootstrap(
+        (np.asarray(a), np.asarray(b)), stat, n_resamples=BOOTSTRAP_RESAMPLES, paired=False,
+        confidence_level=1 - ALPHA, method="percentile", random_state=_rng(),
+    )  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def seeds_for_power(a: Stat, b: Stat, power: float = 0.8) -> int | None:
+    """Seeds per group a two-sided two-sample t-test (α = 0.05, equal groups) needs to detect the observed
+    difference of means with ``power`` (statsmodels' ``TTestIndPower``), the effect size being the
+    difference over the pooled std (Cohen's d); None when there is no difference or no spread to size it."""
+    if a.n < 2 or b.n < 2 or a.mean == b.mean:
+        return None
+    pooled = math.sqrt(((a.n - 1) * a.std**2 + (b.n - 1) * b.std**2) / (a.n + b.n - 2))
+    if pooled <= 1e-9 * max(1.0, abs(a.mean), abs(b.mean)):  # float rounding is no spread
+        return None
+    from statsmodels.stats.power import TTestIndPower
+
+    d = abs(a.mean - b.mean) / pooled
+    n = TTestIndPower().solve_power(
+        effect_size=d, alpha=ALPHA, power=power, ratio=1.0, alternative="two-sided"
+    )
+    n = float(n)
+    return max(2, math.ceil(n)) if math.isfinite(n) else None

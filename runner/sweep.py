@@ -32,7 +32,18 @@ from attn.datamodules.files import write_text_atomic
 from .config import load
 from .errors import ConfigError
 from .machine import available_cpus
-from .paths import CONF_DIR, CPUS_ENV, RUN_DIR_ENV, group_options, now_iso, short_name
+from .paths import (
+    CONF_DIR,
+    CONFIG_DIR_ENV,
+    CPUS_ENV,
+    RUN_DIR_ENV,
+    config_dirs,
+    find_option,
+    group_options,
+    now_iso,
+    short_name,
+)
+from .plugins import PLUGINS_ENV, canonical, env_plugins
 from .records import (
     MANIFEST,
     DirLock,
@@ -67,10 +78,15 @@ def load_preset(name: str) -> dict[str, Any]:
     """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...},
     "skip_invalid": bool}``; ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command
     line wins); ``skip_invalid: true`` drops the grid's impossible combinations (listed as skipped)."""
-    path = CONF_DIR / "sweep" / f"{name}.yaml"
-    if not path.exists():
+    path = find_option("sweep", name)
+    if path is None:
         raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(group_options('sweep'))}")
-    data = OmegaConf.to_container(OmegaConf.load(path))
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as e:  # a YAML or OmegaConf error in the user's own preset: one line naming the file
+        raise ConfigError(f"sweep={name}: {path} cannot be read: {' '.join(str(e).split())[:300]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"sweep={name}: {path} must hold a mapping (name, grid, overrides, ...)")
     grid = {str(k): _sweep_string(v) for k, v in (data.get("grid") or {}).items()}
     settings = {k: str(data[k]) for k in ("launcher", "n_jobs") if data.get(k) is not None}
     return {
@@ -274,12 +290,27 @@ def plan(
         )
     if not entries:
         raise ConfigError("every combination of the grid is invalid; see --dry-run --skip-invalid")
+    extra = {"command": " ".join(["attn", "sweep", *args]), "created": now_iso(), "sweep_dir": str(root)}
+    if config_dirs():  # the trials compose with the same user configs and plugins, wherever they run
+        extra["config_dirs"] = [str(p) for p in config_dirs()]
+    if env_plugins():
+        extra["env_plugins"] = [canonical(p) for p in env_plugins()]
     manifest = Manifest(
         name=name, launcher=launcher, n_jobs=n_jobs, grid=grid, trials=entries,
-        launcher_overrides=hydra_settings, skipped=skipped,
-        extra={"command": " ".join(["attn", "sweep", *args]), "created": now_iso(), "sweep_dir": str(root)},
+        launcher_overrides=hydra_settings, skipped=skipped, extra=extra,
     )  # fmt: skip
     return manifest, skipped
+
+
+def trial_environment(m: Manifest) -> dict[str, str]:
+    """The environment a trial inherits from its sweep: the user's config directories (``--config-dir``)
+    and the plugins of ``ATTN_PLUGINS`` when the sweep was created."""
+    env = {}
+    if m.extra.get("config_dirs"):
+        env[CONFIG_DIR_ENV] = os.pathsep.join(m.extra["config_dirs"])
+    if m.extra.get("env_plugins"):
+        env[PLUGINS_ENV] = ",".join(m.extra["env_plugins"])
+    return env
 
 
 def _positive_int(key: str, value: str) -> int:
@@ -397,9 +428,9 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
             # How often SLURM restarted this job: the sweep reports a requeue when this grows.
             if "SLURM_JOB_ID" in os.environ:
                 trial.extra["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        sweep_name = m.name
+        sweep_name, inherited = m.name, trial_environment(m)
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, RUN_DIR_ENV: str(run_dir)}
+    env = {**os.environ, **inherited, RUN_DIR_ENV: str(run_dir)}
     if cpus:
         env[CPUS_ENV] = str(cpus)
     t0 = time.perf_counter()

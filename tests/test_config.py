@@ -67,7 +67,7 @@ BAD = [
     ("model.d_modle=3", "unknown config key 'model.d_modle'", "valid keys under 'model'"),
     ("trainer.max_epochs=abc", "trainer.max_epochs='abc'", "Integer"),
     ("model.n_layers=1.5", "model.n_layers=1.5", "Integer"),
-    ("softmax.temperature=0", "softmax.temperature=0", "> 0, 'learnable' or 'adaptive'"),
+    ("softmax.temperature=0", "softmax.temperature=0", "> 0 or one of learnable, adaptive, logn, ssmax"),
     ("softmax.temperature=-2", "softmax.temperature=-2", "> 0"),
     ("softmax.temperature=hot", "softmax.temperature='hot'", "> 0"),
     ("model.dropout=1.0", "model.dropout=1.0", "[0, 1)"),

@@ -114,7 +114,10 @@ def test_chance_level_is_stated_and_matches_the_answers(cls, kw, chance):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["task=mqar", "task.eval_lengths=[8,40]"], "task.eval_lengths=40 needs sequences of 120 tokens"),
+        (
+            ["task=mqar", "task.datamodule.max_len=96", "task.eval_lengths=[8,40]"],
+            "task.eval_lengths=40 needs sequences of 120 tokens",
+        ),
         (["task=mqar", "task.eval_lengths=[100]"], "pairs must be an integer in [1, 64]"),
         (["task=max_retrieval", "task.datamodule.items=0"], "task.datamodule.items=0 is invalid"),
         (["task=classification", "task.eval_lengths=[8]"], "task.eval_lengths"),
@@ -312,7 +315,12 @@ def test_presets_of_the_diagnostic_tasks_compose(tmp_path):
 
 @pytest.mark.parametrize(
     ("preset", "trials", "skipped"),
-    [("mqar_kinds", 18, 0), ("max_retrieval_temperature", 21, 3), ("hard_tasks", 36, 0)],
+    [
+        ("mqar_kinds", 18, 0),
+        ("max_retrieval_temperature", 21, 3),
+        ("hard_tasks", 36, 0),
+        ("length_generalisation", 72, 0),
+    ],
 )
 def test_study_presets_plan_within_their_budget(preset, trials, skipped):
     from attn.runner.sweep import plan

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root is the pack
 PACKAGES = ("cli", "runner", "models", "datamodules")
 ENGINE_LAYERS = (
     ("paths", "errors", "machine", "provenance", "records"),
-    ("schema", "config", "stats"),
+    ("plugins", "schema", "config", "stats"),
     ("threads", "checkpoints", "collect"),
     ("signals", "resume", "aggregate", "plots"),
     ("run", "slurm", "figures"),
