@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from attn.datamodules.subword import TOKENIZER_FILE, Subwords
 from attn.datamodules.vocab import Vocabulary
 from attn.models.diagnostics import attention_maps
 
@@ -171,12 +172,15 @@ def heatmaps(groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: 
         load_plugins(list(run.get("plugins") or []))
     paths = []
     for kind, run in sorted(best_run.items(), key=lambda kv: str(kv[0])):
-        ids = Vocabulary.load(str(Path(run.run_dir) / "vocab.json")).encode(tokens)
+        subwords = Path(run.run_dir) / TOKENIZER_FILE  # a subword run reads its pieces, not the words
+        shown = Subwords.load(subwords).split(tokens) if subwords.is_file() else tokens
+        shown = shown[: int(run.get("model.max_len") or len(shown))]  # cut as the data module cuts
+        ids = Vocabulary.load(str(Path(run.run_dir) / "vocab.json")).encode(shown)
         maps = attention_maps(checkpoint(run), ids)
         layers = [None if bool(m.isnan().all()) else m.numpy() for m in maps[:-1]]
         title = f"{kind} attention, T={run.get('temperature')}, {metric}={run.metrics[metric]:.4f}"
         paths.append(
-            plots.attention_heatmap(layers, maps[-1].numpy(), tokens, title, out / f"attention_{kind}.png")
+            plots.attention_heatmap(layers, maps[-1].numpy(), shown, title, out / f"attention_{kind}.png")
         )
     return paths
 

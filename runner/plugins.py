@@ -15,6 +15,7 @@ naming it and its error. What was loaded (module, file, version, how) goes to th
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -106,10 +107,16 @@ def load_plugin(name: str, via: str) -> dict[str, Any]:
     return info
 
 
-def _entry_points() -> list[metadata.EntryPoint]:
+@functools.lru_cache(maxsize=8)
+def _scan(search_path: tuple[str, ...]) -> tuple[metadata.EntryPoint, ...]:
+    """The installed ``attn.plugins`` entry points (a scan of every distribution: once per ``sys.path``)."""
+    return tuple(sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name))
+
+
+def _entry_points() -> tuple[metadata.EntryPoint, ...]:
     if os.environ.get(NO_AUTOLOAD_ENV):
-        return []
-    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+        return ()
+    return _scan(tuple(sys.path))
 
 
 def load_plugins(configured: list[str] | None = None) -> list[str]:

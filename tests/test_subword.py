@@ -144,3 +144,29 @@ def test_text_round_trips_through_pieces(kind):
     model = Subwords.train(kind, TRAIN + [tokenize(text)] * 5, 60)
     words = tokenize(text)
     assert detokenize(join_pieces(model.split(words))) == detokenize(words) == text
+
+
+def test_the_report_draws_a_subword_runs_attention_over_its_pieces(fast, tmp_path):
+    from attn.runner.collect import collect
+    from attn.runner.report import build
+    from attn.runner.run import run
+
+    sizes = ["task.datamodule.n_train=256", "task.datamodule.n_val=32", "task.datamodule.n_test=32"]
+    record, exc = run(load([*fast, *sizes, "task.tokenizer=bpe", "task.vocab_size=60", "trainer.max_epochs=1",
+                            f"runs_root={tmp_path / 'runs'}"]))  # fmt: skip
+    assert exc is None, record.error
+    seen = {}
+    import attn.runner.plots as plots
+
+    real = plots.attention_heatmap
+
+    def spy(layers, pooling, tokens, title, path):
+        seen["tokens"] = tokens
+        return real(layers, pooling, tokens, title, path)
+
+    plots.attention_heatmap = spy
+    try:
+        build(collect(str(tmp_path / "runs")), tmp_path / "report", plots=True)
+    finally:
+        plots.attention_heatmap = real
+    assert any(t.startswith(subword.MARK) for t in seen["tokens"])  # pieces, as the model read them
