@@ -97,6 +97,17 @@ BAD = [
     ("+attention.params.x=-inf", "attention.params.x=-inf is invalid", "finite"),
     ("x=[", "cannot parse override 'x=['", ""),
     ("+trainer.max_epochs=3", "already exists", "trainer.max_epochs=3"),
+    ("model.positions=learned", "model.positions='learned' is unknown", "sinusoidal, none, rope, alibi"),
+    ("task.tokenizer=chars", "task.tokenizer='chars' is unknown", "word, bpe, unigram"),
+    ("task.tokenizer=bpe task.vocab_size=abc", "task.vocab_size='abc' is invalid", ">= 8"),
+    ("task=mqar task.solved_at=high", "task.solved_at='high' is invalid", "a number"),
+    ("task=mqar task.eval_adaptive=maybe", "task.eval_adaptive='maybe' is invalid", "true or false"),
+    ("plugins=3", "plugins=3 is invalid", "plugins=[my_attn]"),
+    (
+        "plugins=[attn_no_such_module]",
+        "plugin 'attn_no_such_module' cannot be imported",
+        "ModuleNotFoundError",
+    ),
 ]
 
 
