@@ -34,7 +34,7 @@ from .collect import ALIASES, Run
 from .errors import ConfigError
 from .figures import draw_all
 from .paths import now_iso
-from .stats import ALPHA, CHANCE, Stat, iqm, iqm_ci, is_counter
+from .stats import ALPHA, CHANCE, Stat, iqm, is_counter
 
 FORMATS = ("md", "html", "csv")
 
@@ -109,7 +109,7 @@ def _success_cell(g: Group) -> str:
 def _iqm_cell(stat: Stat | None) -> str:
     if stat is None or stat.n < 2:
         return "–"
-    lo, hi = iqm_ci(stat.values)
+    lo, hi = stat.iqm_interval
     return f"{iqm(stat.values):.4f} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
@@ -151,7 +151,7 @@ def paired_rows(comparisons: list[PairedComparison], group_by: tuple[str, ...]) 
         r = c.result
         lo, hi = r.ci
         diff = f"{r.mean:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if r.n >= 2 else " (n=1)")
-        first, second = sum(r.a) / r.n, sum(r.b) / r.n
+        first, second = r.mean_a, r.mean_b
         rows.append([*map(str, c.key[: len(group_by)]), c.metric, c.what, str(r.n), _fmt(first), _fmt(second),
                      diff, _fmt(r.p, 3), _fmt(c.p_holm, 3)])  # fmt: skip
     return rows
@@ -277,8 +277,8 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
                 r = c.result
                 lo, hi = r.ci
                 p_holm = "" if c.p_holm is None else c.p_holm
-                w.writerow([split, *c.key[: len(group_by)], c.metric, c.other, r.n, sum(r.a) / r.n,
-                            sum(r.b) / r.n, r.mean, lo, hi, r.p, p_holm])  # fmt: skip
+                w.writerow([split, *c.key[: len(group_by)], c.metric, c.other, r.n, r.mean_a,
+                            r.mean_b, r.mean, lo, hi, r.p, p_holm])  # fmt: skip
         paired_csv = [write_text_atomic(out / "paired.csv", buf.getvalue())]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -313,7 +313,7 @@ def _robust_cells(g: Group, metric: str, num: Any) -> list[Any]:
     s, r = g.stats[metric], g.rank(metric)
     if is_counter(metric) or s.n < 1:
         return [""] * 7
-    lo, hi = iqm_ci(s.values) if metric == g.metric else (math.nan, math.nan)
+    lo, hi = s.iqm_interval if metric == g.metric else (math.nan, math.nan)
     plo, phi = r.p_improve_ci or (math.nan, math.nan)
     return [iqm(s.values), num(lo), num(hi), num(r.p_improve), num(plo), num(phi), num(r.seeds_needed)]
 

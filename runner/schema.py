@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from attn.datamodules.subword import TOKENIZERS
+
 from .errors import ConfigError
 from .machine import cpu_has_bf16
 from .plugins import load_plugins
@@ -266,8 +268,6 @@ def _check_finite(node: Any, path: str = "") -> None:
 
 def _check_tokenizer(task: DictConfig) -> None:
     """``task.tokenizer`` and ``task.vocab_size`` of the text tasks (other tasks have neither)."""
-    from attn.datamodules.subword import TOKENIZERS
-
     if "tokenizer" not in task:
         return
     if task.tokenizer not in TOKENIZERS:

@@ -4,6 +4,7 @@ resolution, paired differences of two scores of the same runs. Quantiles and tes
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -54,6 +55,11 @@ class Stat:
 
     values: list[float]
     bounds: tuple[float, float] = (-math.inf, math.inf)
+
+    @functools.cached_property
+    def iqm_interval(self) -> tuple[float, float]:
+        """:func:`iqm_ci` of the values, computed once (the report's tables and CSV all show it)."""
+        return iqm_ci(self.values)
 
     @property
     def n(self) -> int:
@@ -146,6 +152,14 @@ class Paired:
     @property
     def n(self) -> int:
         return len(self.a)
+
+    @property
+    def mean_a(self) -> float:
+        return sum(self.a) / self.n
+
+    @property
+    def mean_b(self) -> float:
+        return sum(self.b) / self.n
 
     @property
     def diffs(self) -> list[float]:
