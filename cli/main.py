@@ -164,6 +164,13 @@ SWEEP_HELP = (
 )
 
 
+TUNE_HELP = (
+    "Tune KEY per arm (an arm: the swept values but the seed) before the final seeds run, e.g. --tune"
+    " optim.lr=1e-4,1e-3,1e-2 (Optuna: --tune 'optim.lr=interval(1e-4,1e-2)'); repeatable. Selection: the"
+    " best mean over the tuning seeds of the task's best validation value."
+)
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def sweep(
     args: Annotated[list[str] | None, typer.Argument(help=SWEEP_HELP, show_default=False)] = None,
@@ -179,13 +186,50 @@ def sweep(
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
     config_dir: ConfigDirs = None,
+    tune: Annotated[list[str] | None, typer.Option("--tune", help=TUNE_HELP, show_default=False)] = None,
+    tune_seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--tune-seeds",
+            help="Seeds of the tuning phase, e.g. 100,101 (never final seeds).",
+            show_default=False,
+        ),
+    ] = None,
+    tune_search: Annotated[
+        str | None,
+        typer.Option(
+            "--tune-search",
+            help="grid (default: every candidate) or optuna (seeded TPE).",
+            show_default=False,
+        ),
+    ] = None,
+    tune_trials: Annotated[
+        int | None,
+        typer.Option(
+            "--tune-trials", help="Optuna candidates per arm (the same for every arm).", show_default=False
+        ),
+    ] = None,
+    tune_log: Annotated[
+        list[str] | None,
+        typer.Option("--tune-log", help="A tuned key Optuna samples on a log scale.", show_default=False),
+    ] = None,
+    extend: Annotated[
+        str | None,
+        typer.Option(
+            "--extend",
+            help="Add trials for new seeds (seed=3,4,5) to this sweep and run them.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a grid of `attn train` trials, each in its own process and run directory; resumable."""
     _use_config_dirs(config_dir)
     from attn.runner.sweep import (
         SWEEP_LOCK,
+        extend_sweep,
         launch,
         plan,
+        plan_extend,
         plan_resume,
         resume_settings,
         start,
@@ -193,26 +237,45 @@ def sweep(
         summary,
     )
 
+    tuning = {"tune": list(tune or []), "tune_seeds": tune_seeds, "search": tune_search,
+              "trials": tune_trials, "log": list(tune_log or [])}  # fmt: skip
     lock: DirLock | None = None
     try:
+        if resume is not None and extend is not None:
+            raise ConfigError(
+                "--resume and --extend: give one (--extend also finishes the sweep's other trials)"
+            )
+        if (resume is not None or extend is not None) and any(v for k, v in tuning.items()):
+            raise ConfigError("--tune options apply to a new sweep; a sweep's tuning stays as it was planned")
+        if extend is not None and dry_run:
+            manifest, added = plan_extend(extend, list(args or []))
+            print_grid(manifest, [])
+            typer.echo(
+                f"--extend would add {len(added)} trials: " + (" ".join(t.id for t in added) or "none")
+            )
+            return
         if resume is not None and dry_run:  # a dry run never runs (or submits, or writes) anything
             manifest, todo = plan_resume(resume, list(args or []))
             print_grid(manifest, [])
             typer.echo(f"--resume would run {len(todo)} of {len(manifest.trials)} trials: "
                        + (" ".join(t.id for t in todo) or "none"))  # fmt: skip
             return
-        if resume is not None:
-            read_manifest(resume)
+        if resume is not None or extend is not None:
+            root = resume if resume is not None else extend
+            read_manifest(root)
             # One sweep process per sweep directory: a second --resume stops here, trials untouched.
-            lock = DirLock(resume, SWEEP_LOCK, "sweep directory").acquire()
-            resume_settings(resume, list(args or []))
-            root = resume
+            lock = DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
+            if extend is not None:
+                added = extend_sweep(root, list(args or []))
+                typer.echo(f"sweep dir: {root}: added {len(added)} trials ({' '.join(t.id for t in added)})")
+            else:
+                resume_settings(root, list(args or []))
         else:
             if dry_run:
-                manifest, skipped = plan(list(args or []), out, skip_invalid)
+                manifest, skipped = plan(list(args or []), out, skip_invalid, tuning)
                 print_grid(manifest, skipped)
                 return
-            root = start(list(args or []), out, skip_invalid)
+            root = start(list(args or []), out, skip_invalid, tuning)
             lock = DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
             typer.echo(f"sweep dir: {root}")
             for line in read_manifest(root).skipped:  # duplicates of the grid, and with --skip-invalid

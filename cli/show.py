@@ -37,15 +37,46 @@ def print_summary(record: Mapping[str, Any]) -> None:
 
 def print_grid(manifest: Any, skipped: list[str]) -> None:
     """``attn sweep --dry-run``: the grid, the launcher and every trial's overrides."""
-    grid = ", ".join(f"{k} ({len(v)})" for k, v in manifest.grid.items())
+    grid = ", ".join(f"{k} ({len(v)})" for k, v in manifest.grid.items()) or "no swept key"
     typer.echo(f"sweep {manifest.name}: {len(manifest.trials)} trials over {grid}")
     typer.echo(f"launcher {manifest.launcher}, n_jobs {manifest.n_jobs}")
     if manifest.launcher_overrides:
         typer.echo(f"launcher settings: {' '.join(manifest.launcher_overrides)}")
-    for t in manifest.trials:
-        typer.echo(f"  {t.id}  {' '.join(t.overrides)}")
+    tune = manifest.extra.get("tune")
+    if not tune:
+        for t in manifest.trials:
+            typer.echo(f"  {t.id}  {' '.join(t.overrides)}")
+    else:
+        print_phases(manifest, tune)
     for s in skipped:
         typer.echo(f"  skipped  {s}")
+
+
+def print_phases(manifest: Any, tune: dict[str, Any]) -> None:
+    """The two phases of a tuned sweep: the tuning trials, then the final ones (their tuned values are
+    filled in when the tuning phase has selected)."""
+    tuning = [t for t in manifest.trials if t.extra.get("phase") == "tune"]
+    final = [t for t in manifest.trials if t.extra.get("phase") == "final"]
+    arms = len({t.extra.get("arm") for t in final})
+    keys = ", ".join(
+        f"{k} ({len(v)})" if tune["search"] == "grid" else f"{k} {v[0]}" for k, v in tune["keys"].items()
+    )
+    seeds = ",".join(tune["seeds"])
+    if tune["search"] == "grid":
+        typer.echo(
+            f"phase tune: {len(tuning)} trials = {arms} arms x candidates of {keys} x tuning seeds {seeds}"
+        )
+        for t in tuning:
+            typer.echo(f"  {t.id}  {' '.join(t.overrides)}")
+    else:
+        n = int(tune["trials"]) * arms * len(tune["seeds"])
+        typer.echo(f"phase tune: {n} trials = {arms} arms x {tune['trials']} Optuna candidates of {keys}"
+                   f" x tuning seeds {seeds} (proposed while it runs)")  # fmt: skip
+    selected = manifest.extra.get("selected")
+    typer.echo(f"phase final: {len(final)} trials = {arms} arms x final seeds, at each arm's selected values")
+    for t in final:
+        fill = "" if selected else " " + " ".join(f"{k}=<selected>" for k in tune["keys"])
+        typer.echo(f"  {t.id}  {' '.join(t.overrides)}{fill}")
 
 
 def print_report(rep: Any, group_by: tuple[str, ...]) -> None:

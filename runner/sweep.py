@@ -57,6 +57,22 @@ from .records import (
     trial_dir,
 )
 from .slurm import forward_preemption, queue_states, register_launcher
+from .tune import (
+    FINAL,
+    TUNE,
+    TuneSpec,
+    apply_selection,
+    arm_name,
+    as_overrides,
+    base_overrides,
+    check_seeds,
+    parse_spec,
+    phase,
+    sample_candidate,
+    seed_of,
+    spec_of,
+    tuning_open,
+)
 
 LAUNCHERS = {
     "basic": "basic",
@@ -66,6 +82,7 @@ LAUNCHERS = {
 }
 # Sweep-level settings given as key=value on the command line (everything else goes to the trials).
 SWEEP_KEYS = ("sweep", "launcher", "n_jobs", "name")
+TUNE_PRESET_KEYS = ("tune", "tune_seeds", "tune_search", "tune_trials", "tune_log")
 # Display-only settings every trial gets unless the grid sets them.
 TRIAL_DEFAULTS = ("trainer.enable_progress_bar=false",)
 
@@ -76,8 +93,10 @@ TRIAL_DEFAULTS = ("trainer.enable_progress_bar=false",)
 
 def load_preset(name: str) -> dict[str, Any]:
     """A sweep preset: ``{"name", "grid": {key: sweep string}, "overrides": [...], "settings": {...},
-    "skip_invalid": bool}``; ``settings`` holds the preset's default ``launcher``/``n_jobs`` (the command
-    line wins); ``skip_invalid: true`` drops the grid's impossible combinations (listed as skipped)."""
+    "skip_invalid": bool}`` and its tuning (``tune: {key: values}``, ``tune_seeds``, ``tune_search``,
+    ``tune_trials``, ``tune_log``: see :mod:`attn.runner.tune`); ``settings`` holds the preset's default
+    ``launcher``/``n_jobs`` (the command line wins); ``skip_invalid: true`` drops the grid's impossible
+    combinations (listed as skipped)."""
     path = find_option("sweep", name)
     if path is None:
         raise ConfigError(f"unknown sweep {name!r}; valid choices: {', '.join(group_options('sweep'))}")
@@ -95,6 +114,7 @@ def load_preset(name: str) -> dict[str, Any]:
         "overrides": list(data.get("overrides") or []),
         "settings": settings,
         "skip_invalid": bool(data.get("skip_invalid", False)),
+        **{k: data[k] for k in TUNE_PRESET_KEYS if data.get(k) is not None},
     }
 
 
@@ -229,12 +249,16 @@ def trial_values(overrides: list[str], grid: dict[str, list[str]]) -> dict[str, 
 
 
 def plan(
-    args: list[str], sweep_dir: str | None = None, skip_invalid: bool = False
+    args: list[str],
+    sweep_dir: str | None = None,
+    skip_invalid: bool = False,
+    tune: dict[str, Any] | None = None,
 ) -> tuple[Manifest, list[str]]:
     """Build (not write) the manifest for ``attn sweep ARGS``; every trial's config is validated.
 
-    Returns the manifest and the list of skipped combinations (with ``skip_invalid``). Raises
-    :class:`ConfigError` with one line for bad input.
+    ``tune``: the tuning options of the command line (the arguments of :func:`attn.runner.tune.parse_spec`
+    but the preset). Returns the manifest and the list of skipped combinations (with ``skip_invalid``).
+    Raises :class:`ConfigError` with one line for bad input.
     """
     settings, rest = split_args(args)
     preset = load_preset(settings["sweep"]) if "sweep" in settings else {"name": "sweep", "grid": {}}
@@ -252,17 +276,22 @@ def plan(
     hydra_settings = launcher_overrides(launcher, settings)
     name = settings.get("name") or preset["name"]
     grid_args = [f"{k}={v}" for k, v in preset["grid"].items()]
+    spec = parse_spec(**(tune or {"tune": [], "tune_seeds": None}), preset=preset)
     grid, trials = expand([*preset.get("overrides", []), *grid_args, *rest])
-    if not grid:
+    if spec is not None:
+        both = [k for k in spec.keys if k in grid]
+        if both:
+            raise ConfigError(f"{both[0]} is both swept and tuned; sweep it or tune it")
+    elif not grid:
         raise ConfigError("nothing to sweep: give sweep=<preset> or a key with values, e.g. seed=0,1,2")
-    entries, skipped = [], []
-    seen: dict[str, str] = {}  # config digest -> the trial that runs it
+    probe = sample_candidate(spec) if spec is not None else {}  # final trials are checked with it
+    finals, skipped = [], []
+    seen: dict[str, int] = {}  # config digest -> the trial that runs it
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
     root = (Path(sweep_dir) if sweep_dir else Path("sweeps") / f"{stamp}-{short_name(name)}").resolve()
-    width = max(3, len(str(len(trials) - 1)))
     for overrides in trials:
         try:
-            cfg = load(overrides)
+            cfg = load([*overrides, *as_overrides(probe)])
         except ConfigError as e:
             if skip_invalid:
                 skipped.append(f"{' '.join(overrides)}: {e}")
@@ -271,26 +300,45 @@ def plan(
         # Values that compose to one config (temperature=1,1.0,1e0; seed=0,0,1) are one trial, run once.
         digest = config_digest(OmegaConf.to_container(cfg, resolve=True), ("name",))
         if digest in seen:
-            skipped.append(f"{' '.join(overrides)}: the same configuration as trial {seen[digest]}, run once")
+            skipped.append(
+                f"{' '.join(overrides)}: the same configuration as trial {seen[digest]:03d}, run once"
+            )
             continue
-        tid = f"{len(entries):0{width}d}"
-        seen[digest] = tid
-        values = trial_values(overrides, grid)
-        slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
+        seen[digest] = len(finals)
+        finals.append((overrides, trial_values(overrides, grid), cfg))
+    if not finals:
+        raise ConfigError("every combination of the grid is invalid; see --dry-run --skip-invalid")
+    planned = [(o, v, c, {}) for o, v, c in finals]
+    if spec is not None:
+        check_seeds(spec, sorted({seed_of(Trial("", o, v, ""), str(c.seed)) for o, v, c in finals}, key=int))
+        planned = [*tuning_trials(spec, finals), *((o, v, c, {"phase": FINAL}) for o, v, c in finals)]
+    width = max(3, len(str(len(planned) - 1)))
+    entries = []
+    for i, (overrides, values, cfg, info) in enumerate(planned):
+        tid = f"{i:0{width}d}"
+        shown = {**values, **info.get("candidate", {})}
+        if info.get("phase") == TUNE:
+            shown["seed"] = info["seed"]
+        slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()))
+        folder = "tune" if info.get("phase") == TUNE else "trials"
+        extra_info = {k: v for k, v in info.items() if k != "seed"}
+        if spec is not None:
+            extra_info.update(arm=arm_name(values), **monitor_of(cfg))
         entries.append(
             Trial(
                 id=tid,
                 overrides=overrides,
                 values=values,
-                run_dir=f"trials/{tid}-{slug}",  # relative to the sweep directory: it can move
+                run_dir=f"{folder}/{tid}-{slug}",  # relative to the sweep directory: it can move
                 devices=cfg.trainer.devices,
                 num_nodes=cfg.trainer.num_nodes,
                 accelerator=cfg.trainer.accelerator,
+                extra=extra_info,
             )
         )
-    if not entries:
-        raise ConfigError("every combination of the grid is invalid; see --dry-run --skip-invalid")
     extra = {"command": " ".join(["attn", "sweep", *args]), "created": now_iso(), "sweep_dir": str(root)}
+    if spec is not None:
+        extra["tune"] = spec.to_dict()
     if config_dirs():  # the trials compose with the same user configs and plugins, wherever they run
         extra["config_dirs"] = [str(p) for p in config_dirs()]
     if env_plugins():
@@ -300,6 +348,39 @@ def plan(
         launcher_overrides=hydra_settings, skipped=skipped, extra=extra,
     )  # fmt: skip
     return manifest, skipped
+
+
+def monitor_of(cfg: Any) -> dict[str, str]:
+    """The value tuning selects on: the best validation value of the task's monitor (``val/best_acc``),
+    and whether higher or lower is better. A monitor outside ``val/`` is refused: selection never reads
+    a test metric."""
+    monitor = str(cfg.task.monitor)
+    if not monitor.startswith("val/"):
+        raise ConfigError(f"task.monitor={monitor}: tuning selects on a validation metric (val/...)")
+    return {"monitor": "val/best_" + monitor[len("val/") :], "mode": str(cfg.task.monitor_mode)}
+
+
+def tuning_trials(spec: TuneSpec, finals: list[tuple[list[str], dict[str, str], Any]]) -> list[tuple]:
+    """The tuning phase of a grid search: per arm (in grid order), per candidate, per tuning seed, a trial
+    of the arm's overrides with the candidate and the seed; each checked like the grid's trials."""
+    if spec.search != "grid":
+        return []  # Optuna proposes its candidates while the tuning phase runs
+    arms: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for overrides, values, _ in finals:
+        arms.setdefault(arm_name(values), (base_overrides(overrides), values))
+    out = []
+    for base, values in arms.values():
+        arm_values = {k: v for k, v in values.items() if k != "seed"}
+        for candidate in spec.candidates():
+            for seed in spec.seeds:
+                overrides = [*base, *as_overrides(candidate), f"seed={seed}"]
+                try:
+                    cfg = load(overrides)
+                except ConfigError as e:
+                    raise ConfigError(f"tuning trial {' '.join(overrides)}: {e}") from e
+                info = {"phase": TUNE, "candidate": candidate, "seed": seed}
+                out.append((overrides, arm_values, cfg, info))
+    return out
 
 
 def trial_environment(m: Manifest) -> dict[str, str]:
@@ -535,15 +616,48 @@ def trial_cpus(launcher: str, n_jobs: int, n_trials: int) -> int | None:
 
 
 def launch(sweep_dir: str | Path) -> Manifest:
-    """Run every trial of the sweep that is not completed, through the manifest's Hydra launcher."""
+    """Run every trial of the sweep that is not completed, through the manifest's Hydra launcher.
+
+    A tuned sweep runs its tuning phase, selects per arm (:func:`attn.runner.tune.apply_selection`) and
+    then runs its final phase: two launches, so a cluster's final array starts when the tuning array has
+    ended. Once made, the selection stays: a resumed sweep only finishes the final phase.
+    """
+    root = Path(sweep_dir).resolve()
+    (root / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session does not carry over
+    m = read_manifest(root)
+    spec = spec_of(m)
+    if spec is None:
+        return launch_trials(root)
+    if tuning_open(m):
+        if spec.search == "optuna":
+            from .optuna_search import run_search
+
+            run_search(root, spec, launch_trials)
+        else:
+            launch_trials(root, TUNE)
+        m = read_manifest(root)
+        unfinished = [t for t in m.trials if phase(t) == TUNE and t.status not in ("completed", "failed")]
+        if unfinished or (root / STOP_FILE).exists():  # stopped: select when every tuning trial has ended
+            return m
+        with locked_manifest(root) as m:
+            chosen = apply_selection(m, root)
+        for arm, candidate in chosen.items():
+            print(f"selected for {arm}: {' '.join(as_overrides(candidate))}", flush=True)
+    return launch_trials(root, FINAL)
+
+
+def launch_trials(sweep_dir: str | Path, only: str | None = None) -> Manifest:
+    """Run the trials of the sweep (of one phase: ``only``) that are not completed, through the
+    manifest's Hydra launcher."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
     root = Path(sweep_dir).resolve()
-    (root / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session does not carry over
     with locked_manifest(root) as m:
         todo = []
         for t in m.trials:
+            if only is not None and phase(t) != only:
+                continue
             if trial_done(root, t, warn=True):
                 t.status = "completed"
             else:
@@ -652,9 +766,11 @@ def stopped(sweep_dir: str | Path) -> str | None:
     return text[0] if text else "SIGTERM"
 
 
-def start(args: list[str], sweep_dir: str | None, skip_invalid: bool) -> Path:
+def start(
+    args: list[str], sweep_dir: str | None, skip_invalid: bool, tune: dict[str, Any] | None = None
+) -> Path:
     """Plan the sweep, write its directory and manifest; returns the directory."""
-    manifest, _ = plan(args, sweep_dir, skip_invalid)
+    manifest, _ = plan(args, sweep_dir, skip_invalid, tune)
     root = Path(manifest.extra.pop("sweep_dir"))  # not recorded: the manifest's own directory is the sweep's
     if (root / MANIFEST).exists():
         raise ConfigError(f"{root} already holds a sweep; resume it with attn sweep --resume {root}")
@@ -706,7 +822,9 @@ def plan_resume(sweep_dir: str | Path, args: list[str]) -> tuple[Manifest, list[
 def summary(manifest: Manifest) -> tuple[str, list[Trial]]:
     """One line of counts and per-trial overhead, and the trials that did not complete."""
     c = manifest.counts()
-    failed = [t for t in manifest.trials if t.status != "completed"]
+    # A tuning trial that failed once the selection is made is a result of tuning (scored as a failure).
+    closed = spec_of(manifest) is not None and not tuning_open(manifest)
+    failed = [t for t in manifest.trials if t.status != "completed" and not (closed and phase(t) == TUNE)]
     overheads = [
         t.extra["wall_s"] - t.extra["duration_s"]
         for t in manifest.trials
@@ -717,4 +835,87 @@ def summary(manifest: Manifest) -> tuple[str, list[Trial]]:
     if overheads:
         mean = sum(overheads) / len(overheads)
         line += f"; per-trial overhead {mean:.1f} s (process start, imports, teardown)"
+    lost = [t for t in manifest.trials if closed and phase(t) == TUNE and t.status != "completed"]
+    if lost:
+        line += f"; {len(lost)} tuning trial(s) failed and scored as failures in the selection"
     return line, failed
+
+
+# --------------------------------------------------------------------------------------------
+# more seeds for an existing sweep
+
+# What a trial added by --extend inherits from the trials of its arm.
+ARM_KEYS = ("phase", "arm", "monitor", "mode", "selected")
+
+
+def _extend(m: Manifest, args: list[str]) -> list[Trial]:
+    """Add to ``m`` a trial per arm and new seed of ``seed=VALUES`` (with the arm's selected values in a
+    tuned sweep); seeds an arm already has are not added again. Launcher settings apply as with
+    ``--resume``; anything else is an error."""
+    settings, rest = split_args(args)
+    seeds = [a for a in rest if a.partition("=")[0] == "seed"]
+    other = [a for a in rest if a not in seeds]
+    if other or not seeds:
+        given = " ".join(other) or "no seed=VALUES"
+        raise ConfigError(f"--extend adds seeds (seed=3,4,5) to the sweep's arms; cannot apply {given}")
+    _apply_resume_settings(m, [f"{k}={v}" for k, v in settings.items()])
+    grid, combos = expand(seeds)
+    new = grid.get("seed") or [combos[0][0].partition("=")[2]]
+    if not all(s.isdigit() for s in new):
+        raise ConfigError(f"{seeds[-1]} is invalid: seeds are whole numbers >= 0")
+    new = [str(int(s)) for s in new]
+    spec = spec_of(m)
+    if spec is not None:
+        check_seeds(spec, new)
+    tuned = tuple(spec.keys) if spec is not None else ()
+    pool = [t for t in m.trials if phase(t) != TUNE]
+    default = str(load(base_overrides(pool[0].overrides, tuned)).seed)
+    arms: dict[tuple[str, ...], Trial] = {}
+    have: dict[tuple[str, ...], set[str]] = {}
+    for t in pool:
+        base = tuple(base_overrides(t.overrides, tuned))
+        arms.setdefault(base, t)
+        have.setdefault(base, set()).add(str(int(seed_of(t, default))))
+    width = len(m.trials[0].id)
+    added: list[Trial] = []
+    for base, first in arms.items():
+        for seed in new:
+            if seed in have[base]:
+                continue
+            selected = first.extra.get("selected") or {}
+            overrides = [*base, f"seed={seed}", *as_overrides(selected)]
+            probe = {} if selected or spec is None else sample_candidate(spec)
+            try:
+                cfg = load([*overrides, *as_overrides(probe)])
+            except ConfigError as e:
+                raise ConfigError(f"trial {' '.join(overrides)}: {e}") from e
+            values = {**first.values, "seed": seed}
+            tid = f"{len(m.trials) + len(added):0{width}d}"
+            slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
+            added.append(
+                Trial(
+                    id=tid, overrides=overrides, values=values, run_dir=f"trials/{tid}-{slug}",
+                    devices=cfg.trainer.devices, num_nodes=cfg.trainer.num_nodes,
+                    accelerator=cfg.trainer.accelerator,
+                    extra={k: first.extra[k] for k in ARM_KEYS if k in first.extra},
+                )
+            )  # fmt: skip
+    m.trials.extend(added)
+    known = m.grid.get("seed") or sorted(set().union(*have.values()), key=int)
+    m.grid["seed"] = sorted({*known, *new}, key=int)
+    m.extra.setdefault("extended", []).append(
+        {"seeds": new, "trials": [t.id for t in added], "at": now_iso()}
+    )
+    return added
+
+
+def plan_extend(sweep_dir: str | Path, args: list[str]) -> tuple[Manifest, list[Trial]]:
+    """What ``attn sweep --extend DIR seed=...`` would add, without writing anything (``--dry-run``)."""
+    m = read_manifest(sweep_dir)
+    return m, _extend(m, args)
+
+
+def extend_sweep(sweep_dir: str | Path, args: list[str]) -> list[Trial]:
+    """Add the trials of new seeds to a sweep's manifest (see :func:`plan_extend`); returns them."""
+    with locked_manifest(sweep_dir) as m:
+        return _extend(m, args)

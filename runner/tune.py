@@ -1,0 +1,321 @@
+"""Per-arm tuning of a sweep: every arm gets the same tuning budget, and its reported numbers come from
+fresh seeds.
+
+An *arm* is one combination of the grid's swept keys other than ``seed``. A tuned sweep has two phases:
+
+* ``tune``: every arm at every candidate of the tuned keys (a grid, or ``N`` candidates that Optuna's
+  seeded TPE proposes per arm) on the tuning seeds;
+* ``final``: every arm at its selected candidate on the grid's own seeds, which must differ from the
+  tuning seeds. Only final trials are results.
+
+Selection reads one number per tuning trial, the best validation value of the task's monitor
+(``val/best_<metric>``, written by ``attn train``), takes its mean over the tuning seeds per candidate,
+and picks the best mean; ties go to the earlier candidate. A tuning trial that failed (diverged, crashed)
+scores as a failure, the worst possible value, as AlgoPerf scores a run that misses. Test metrics are
+never read here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .records import Manifest, Trial, read_record, trial_dir
+
+TUNE, FINAL = "tune", "final"
+SEARCHES = ("grid", "optuna")
+ALL_ARMS = "all"  # the arm name of a grid that sweeps nothing but seeds
+
+
+@dataclass
+class TuneSpec:
+    """What a sweep tunes: ``keys`` maps each tuned key to its candidates (grid search: the values; Optuna:
+    one Hydra sweep expression such as ``interval(1e-4,1e-2)`` or ``choice(a,b)``), ``seeds`` are the
+    tuning seeds, ``trials`` the number of Optuna candidates per arm, ``log`` the keys Optuna samples on a
+    log scale."""
+
+    keys: dict[str, list[str]]
+    seeds: list[str]
+    search: str = "grid"
+    trials: int | None = None
+    log: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"keys": self.keys, "seeds": self.seeds, "search": self.search}
+        if self.search == "optuna":
+            out.update(trials=self.trials, log=self.log)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneSpec:
+        return cls(
+            keys={str(k): [str(v) for v in vs] for k, vs in data["keys"].items()},
+            seeds=[str(s) for s in data["seeds"]],
+            search=str(data.get("search", "grid")),
+            trials=data.get("trials"),
+            log=list(data.get("log") or []),
+        )
+
+    def candidates(self) -> list[dict[str, str]]:
+        """The grid's candidates, in grid order (the first key varies slowest)."""
+        keys = list(self.keys)
+        return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.keys.values())]
+
+
+def spec_of(manifest: Manifest) -> TuneSpec | None:
+    """The tuning of a sweep's manifest; None for a sweep without tuning."""
+    data = manifest.extra.get("tune")
+    return TuneSpec.from_dict(data) if isinstance(data, dict) else None
+
+
+def phase(trial: Trial) -> str | None:
+    """``tune`` or ``final`` for a trial of a tuned sweep; None otherwise."""
+    value = trial.extra.get("phase")
+    return value if value in (TUNE, FINAL) else None
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+
+
+def _seeds(text: str, what: str) -> list[str]:
+    seeds = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not seeds or not all(s.isdigit() for s in seeds):
+        raise ConfigError(
+            f"{what}={text} is invalid: expected whole numbers >= 0 separated by commas, e.g. 0,1"
+        )
+    return list(dict.fromkeys(str(int(s)) for s in seeds))
+
+
+def parse_spec(
+    tune: list[str],
+    tune_seeds: str | None,
+    search: str | None = None,
+    trials: int | None = None,
+    log: list[str] | None = None,
+    preset: dict[str, Any] | None = None,
+) -> TuneSpec | None:
+    """The tuning of ``attn sweep``: ``--tune KEY=VALUES`` (repeatable; a key given there replaces the
+    preset's), ``--tune-seeds``, ``--tune-search``, ``--tune-trials`` and ``--tune-log`` over the preset's
+    ``tune``/``tune_seeds``/``tune_search``/``tune_trials``/``tune_log``. None when nothing is tuned;
+    ``ConfigError`` in one line for bad input."""
+    preset = preset or {}
+    keys: dict[str, str] = {str(k): _text(v) for k, v in (preset.get("tune") or {}).items()}
+    for item in tune:
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value:
+            raise ConfigError(
+                f"--tune {item} is invalid: expected KEY=VALUES, e.g. --tune optim.lr=1e-3,3e-3"
+            )
+        keys[key.strip()] = value.strip()
+    search = search or str(preset.get("tune_search") or "grid")
+    trials = trials if trials is not None else preset.get("tune_trials")
+    log = list(log or preset.get("tune_log") or [])
+    seeds_text = tune_seeds if tune_seeds is not None else _text(preset.get("tune_seeds") or "")
+    if not keys:
+        given = [
+            f for f, v in (("--tune-seeds", tune_seeds), ("--tune-trials", trials), ("--tune-log", log)) if v
+        ]
+        if given or search != "grid":
+            raise ConfigError(f"{given[0] if given else '--tune-search'} needs --tune KEY=VALUES")
+        return None
+    if search not in SEARCHES:
+        raise ConfigError(f"--tune-search={search} is invalid; valid choices: {', '.join(SEARCHES)}")
+    if not seeds_text:
+        raise ConfigError(
+            "--tune needs --tune-seeds, seeds kept apart from the final ones (e.g. --tune-seeds 100,101)"
+        )
+    seeds = _seeds(seeds_text, "--tune-seeds")
+    if "seed" in keys:
+        raise ConfigError("--tune seed=... is invalid: seeds are not tuned; give them with --tune-seeds")
+    if search == "grid":
+        if trials is not None:
+            raise ConfigError("--tune-trials needs --tune-search optuna (a grid tries every candidate)")
+        if log:
+            raise ConfigError("--tune-log needs --tune-search optuna (a grid's values are written out)")
+        return TuneSpec({k: _grid_values(k, v) for k, v in keys.items()}, seeds)
+    if trials is None or int(trials) < 1:
+        raise ConfigError(f"--tune-trials={trials} is invalid: --tune-search optuna needs a number >= 1")
+    from .optuna_search import check_space
+
+    unknown = [k for k in log if k not in keys]
+    if unknown:
+        raise ConfigError(f"--tune-log {unknown[0]}: not a tuned key; tuned: {', '.join(keys)}")
+    check_space(keys, log)
+    return TuneSpec({k: [v] for k, v in keys.items()}, seeds, "optuna", int(trials), log)
+
+
+def _text(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def _grid_values(key: str, text: str) -> list[str]:
+    """A tuned key's candidates from Hydra's sweep syntax (``1e-3,3e-3``, ``range(1,4)``, ``choice(...)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        (o,) = OverridesParser.create().parse_overrides(overrides=[f"{key}={text}"])
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    except (HydraException, ValueError, TypeError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--tune {key}={text} is invalid: {why}") from None
+    if len(values) < 2:
+        raise ConfigError(f"--tune {key}={text}: a tuned key needs at least two candidates")
+    return list(dict.fromkeys(values))
+
+
+# --------------------------------------------------------------------------------------------
+# arms and trials
+
+
+def arm_name(values: dict[str, str]) -> str:
+    """The arm of a trial: its swept values other than ``seed``, as ``key=value,...``."""
+    name = ",".join(f"{k}={v}" for k, v in values.items() if k != "seed")
+    return name or ALL_ARMS
+
+
+def base_overrides(overrides: Iterable[str], tuned: Iterable[str] = ()) -> list[str]:
+    """A trial's overrides without its seed and tuned keys: what every trial of its arm shares."""
+    drop = {"seed", *tuned}
+    return [o for o in overrides if o.partition("=")[0].lstrip("+~") not in drop]
+
+
+def seed_of(trial: Trial, default: str) -> str:
+    """The seed a trial runs with (its last ``seed=`` override, else the config's default)."""
+    seeds = [o.partition("=")[2] for o in trial.overrides if o.partition("=")[0].lstrip("+") == "seed"]
+    return seeds[-1] if seeds else default
+
+
+def as_overrides(candidate: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in candidate.items()]
+
+
+def check_seeds(spec: TuneSpec, final_seeds: Iterable[str]) -> None:
+    """A tuning seed reused as a final seed is refused: the reported numbers must come from fresh seeds."""
+    reused = [s for s in spec.seeds if s in {str(int(x)) for x in final_seeds if str(x).isdigit()}]
+    if reused:
+        raise ConfigError(
+            f"tuning seed {reused[0]} is also a final seed; give --tune-seeds outside the final seeds"
+            f" ({', '.join(str(s) for s in final_seeds)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# selection
+
+
+def score(sweep_dir: str | Path, trial: Trial) -> float | None:
+    """A completed tuning trial's best validation value of its monitor; None when the run did not complete
+    (a failure) or recorded no such value."""
+    try:
+        record = read_record(trial_dir(sweep_dir, trial.run_dir) / "results.json")
+    except ValueError:
+        return None
+    if record.status != "completed":
+        return None
+    value = record.metrics.get(trial.extra["monitor"])
+    return value if value is not None and math.isfinite(value) else None
+
+
+def tuning_table(m: Manifest, sweep_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Per arm, per candidate (in order of first appearance): the mean over the tuning seeds of the
+    monitor's best validation value (failures count as the worst value), the values, and the failures."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for t in m.trials:
+        if phase(t) != TUNE:
+            continue
+        key = repr(sorted(t.extra["candidate"].items()))
+        row = table.setdefault(t.extra["arm"], {}).setdefault(
+            key, {"candidate": t.extra["candidate"], "values": [], "failed": 0, "mode": t.extra["mode"]}
+        )
+        value = score(sweep_dir, t)
+        if value is None:
+            row["failed"] += 1
+        else:
+            row["values"].append(value)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for arm, rows in table.items():
+        out[arm] = []
+        for row in rows.values():
+            worst = -math.inf if row["mode"] == "max" else math.inf
+            n = len(row["values"]) + row["failed"]
+            mean = worst if row["failed"] else sum(row["values"]) / n
+            out[arm].append({"candidate": row["candidate"], "mean": mean, "n": n, "failed": row["failed"],
+                             "mode": row["mode"], "values": row["values"]})  # fmt: skip
+    return out
+
+
+def select(table: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
+    """Per arm the candidate with the best mean; ties (and an arm whose candidates all failed) go to the
+    earlier candidate."""
+    chosen = {}
+    for arm, rows in table.items():
+        best = rows[0]
+        for row in rows[1:]:
+            better = row["mean"] > best["mean"] if row["mode"] == "max" else row["mean"] < best["mean"]
+            if better:
+                best = row
+        chosen[arm] = dict(best["candidate"])
+    return chosen
+
+
+def at_edge(spec: TuneSpec, candidate: dict[str, str]) -> list[str]:
+    """The tuned keys whose selected value is the first or last of its grid (the optimum may lie beyond)."""
+    if spec.search != "grid":
+        return []
+    grid = spec.keys
+    return [k for k, v in candidate.items() if len(grid.get(k, [])) > 2 and v in (grid[k][0], grid[k][-1])]
+
+
+def sample_candidate(spec: TuneSpec | None) -> dict[str, str]:
+    """A candidate the grid's final trials are checked with before anything runs (the first of the grid;
+    for Optuna, the low end of each range)."""
+    if spec is None:
+        return {}
+    if spec.search == "grid":
+        return spec.candidates()[0]
+    from .optuna_search import low_end
+
+    return low_end(spec)
+
+
+def tuning_open(m: Manifest) -> bool:
+    """Whether a tuned sweep has still to select (its final trials wait for their tuned values)."""
+    return spec_of(m) is not None and "selected" not in m.extra
+
+
+def apply_selection(m: Manifest, sweep_dir: str | Path) -> dict[str, dict[str, str]]:
+    """Select per arm from the tuning trials' records and give the final trials their selected values;
+    written into the manifest (``selected``, ``tuning``). The choice is final once made."""
+    table = tuning_table(m, sweep_dir)
+    chosen = select(table)
+    spec = spec_of(m)
+    assert spec is not None
+    for t in m.trials:
+        if phase(t) == FINAL and t.extra["arm"] in chosen:
+            t.overrides = [*base_overrides(t.overrides, spec.keys), *_seed_override(t)]
+            t.overrides += as_overrides(chosen[t.extra["arm"]])
+            t.extra["selected"] = chosen[t.extra["arm"]]
+    m.extra["selected"] = chosen
+    m.extra["tuning"] = {
+        arm: [
+            {"candidate": r["candidate"], "mean": _finite(r["mean"]), "n": r["n"], "failed": r["failed"]}
+            for r in rows
+        ]
+        for arm, rows in table.items()
+    }
+    return chosen
+
+
+def _seed_override(t: Trial) -> list[str]:
+    return [o for o in t.overrides if o.partition("=")[0].lstrip("+") == "seed"][-1:]
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
