@@ -336,10 +336,11 @@ def report(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Summarise runs: per task, mean ± std and 95% CI over seeds per configuration, best marked."""
-    from attn.runner.collect import collect, collect_wandb
+    from attn.runner.collect import collect, collect_wandb, tunings
     from attn.runner.report import build  # matplotlib, torch (heatmaps): not for --help
 
     try:
+        tuned = []
         if wandb_path:
             runs = collect_wandb(wandb_path, group)
             target = out or f"report-{wandb_path.replace('/', '-')}"
@@ -349,10 +350,11 @@ def report(
             if not runs:
                 raise ConfigError(f"{root}: no runs found (no results.json or sweep.json under it)")
             target = out or f"{root}/report"
+            tuned = tunings(root)
         rep = build(
             runs, target, metric=metric, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
             group_by=tuple(g.strip() for g in group_by.split(",") if g.strip()), split_by=split_by,
-            plots=not no_plots,
+            plots=not no_plots, tunings=tuned,
         )  # fmt: skip
     except ConfigError as e:
         _fail(str(e), 2, e, debug)

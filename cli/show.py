@@ -85,7 +85,7 @@ def print_report(rep: Any, group_by: tuple[str, ...]) -> None:
     from rich.table import Table
 
     from attn.runner.aggregate import split_metrics
-    from attn.runner.report import mixed_origins, table_rows, task_lines
+    from attn.runner.report import mixed_origins, table_rows, task_lines, tuning_rows
 
     console = Console()
     for split, groups in rep.groups.items():
@@ -99,6 +99,16 @@ def print_report(rep: Any, group_by: tuple[str, ...]) -> None:
         console.print(table)
         for line in task_lines(rep, split):
             console.print(line, markup=False, style="bold" if line.startswith("Verdict") else None)
+    for t in rep.tunings:
+        rows, warnings = tuning_rows(t)
+        table = Table(title=f"tuning: {t.sweep_dir}")
+        for h in rows[0]:
+            table.add_column(h)
+        for cells in rows[1:]:
+            table.add_row(*cells, style="green" if cells[-1] else None)
+        console.print(table)
+        for w in warnings:
+            console.print(w, markup=False, style="bold yellow", soft_wrap=True)
     for warning in mixed_origins(rep.groups):
         console.print(warning, markup=False, style="bold yellow", soft_wrap=True)
     counts: dict[str, int] = {}

@@ -33,6 +33,8 @@ class Run:
     error: str | None = None
     origin: dict[str, str] = field(default_factory=dict)  # code version, libraries, device, host
     best_checkpoint: str | None = None  # as recorded (the run directory may have moved since)
+    phase: str | None = None  # "tune" (a tuning trial: not a result) or "final" in a tuned sweep
+    tuned: dict[str, str] = field(default_factory=dict)  # a final trial's values selected by tuning
 
     def get(self, path: str) -> Any:
         """A config value by dotted path (aliases allowed); ``None`` when absent."""
@@ -140,7 +142,40 @@ def collect(root: str | Path) -> list[Run]:
             run_dir = str(trial_dir(manifest_path.parent, t.run_dir).resolve())
             if run_dir not in runs or runs[run_dir].status == "no record":
                 runs[run_dir] = Run(run_dir, "missing", error=t.error or "no results.json")
+            if t.extra.get("phase") in ("tune", "final"):
+                runs[run_dir].phase = t.extra["phase"]
+                runs[run_dir].tuned = dict(t.extra.get("selected") or {})
     return list(runs.values())
+
+
+@dataclass
+class Tuning:
+    """The tuning phase of one tuned sweep, as its manifest records it: what was tuned (``spec``: keys,
+    candidates, tuning seeds, search), on which value (``monitor``), and per arm the tuning table and
+    the selection (empty until the sweep has selected)."""
+
+    sweep_dir: str
+    spec: dict[str, Any]
+    monitor: str
+    table: dict[str, list[dict[str, Any]]]
+    selected: dict[str, dict[str, str]]
+
+
+def tunings(root: str | Path) -> list[Tuning]:
+    """Every tuned sweep under ``root`` (sweep directories with ``tune`` in their manifest)."""
+    out = []
+    for path in _find(Path(root), (MANIFEST,))[MANIFEST]:
+        try:
+            m = load_manifest(path, strict=False)
+        except ConfigError:
+            continue  # collect() lists it as corrupt
+        if not isinstance(m.extra.get("tune"), dict):
+            continue
+        monitor = next((str(t.extra["monitor"]) for t in m.trials if "monitor" in t.extra), "?")
+        table = m.extra.get("tuning") if isinstance(m.extra.get("tuning"), dict) else {}
+        selected = m.extra.get("selected") if isinstance(m.extra.get("selected"), dict) else {}
+        out.append(Tuning(str(path.parent.resolve()), m.extra["tune"], monitor, table, selected))
+    return out
 
 
 def collect_wandb(path: str, group: str | None, api: Any = None) -> list[Run]:

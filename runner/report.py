@@ -30,11 +30,12 @@ from .aggregate import (
     paired_comparisons,
     split_metrics,
 )
-from .collect import ALIASES, Run
+from .collect import ALIASES, Run, Tuning
 from .errors import ConfigError
 from .figures import draw_all
 from .paths import now_iso
 from .stats import ALPHA, CHANCE, Stat, iqm, is_counter
+from .tune import TuneSpec, at_edge
 
 FORMATS = ("md", "html", "csv")
 
@@ -131,15 +132,65 @@ def table_rows(
     header += [f"{ranking} IQM [95% bootstrap]"] if robust else []
     header += ["solved [95% Wilson]"] if success else []
     header += [*(["chance"] if chance else []), "train s", "vs best"]
+    tuned = any(r.tuned for g in groups for r in g.runs)
+    header[len(group_by) + len(split_on) : len(group_by) + len(split_on)] = ["selected"] if tuned else []
     rows = [header]
     for g in groups:
         n = max((s.n for s in g.stats.values()), default=len(g.runs))
-        cells = [*map(str, g.key), str(n), *[_cell(g.stats.get(m), m) for m in metrics]]
+        cells = [*map(str, g.key), *([selected_text(g)] if tuned else []), str(n)]
+        cells += [_cell(g.stats.get(m), m) for m in metrics]
         cells += [_iqm_cell(g.stats.get(ranking))] if robust else []
         cells += [_success_cell(g)] if success else []
         cells += [_fmt(g.chance)] if chance else []
         rows.append([*cells, _fmt(g.duration, 1), _mark(g)])
     return rows
+
+
+def selected_text(g: Group) -> str:
+    """The values tuning selected for a group's runs (``optim.lr=0.001``), ``–`` for untuned runs."""
+    values = {" ".join(f"{k}={v}" for k, v in r.tuned.items()) for r in g.runs if r.tuned}
+    return "; ".join(sorted(values)) or "–"
+
+
+def tuning_rows(t: Tuning) -> tuple[list[list[str]], list[str]]:
+    """One tuned sweep's tuning table (per arm and candidate: the mean over the tuning seeds of the
+    monitor's best validation value, how many tuning runs, how many failed, the selected one) and its
+    warnings (a selection at the edge of its grid)."""
+    seeds = ",".join(str(s) for s in t.spec.get("seeds", []))
+    header = ["arm", "candidate", f"mean {t.monitor}, tuning seeds {seeds}", "n", "failed", "selected"]
+    rows, warnings = [header], []
+    spec = TuneSpec.from_dict(t.spec)
+    for arm, candidates in t.table.items():
+        chosen = t.selected.get(arm, {})
+        for c in candidates:
+            mean = "failed" if c.get("mean") is None else _fmt(c["mean"])
+            text = " ".join(f"{k}={v}" for k, v in c["candidate"].items())
+            rows.append(
+                [
+                    arm,
+                    text,
+                    mean,
+                    str(c["n"]),
+                    str(c["failed"]),
+                    "selected" if c["candidate"] == chosen else "",
+                ]
+            )
+        for key in at_edge(spec, chosen):
+            grid = spec.keys[key]
+            warnings.append(
+                f"warning: {arm}: the selected {key}={chosen[key]} is at the edge of its grid ({grid[0]} …"
+                f" {grid[-1]}); the best value may lie beyond it"
+            )
+    if not t.selected:
+        warnings.append(f"warning: {t.sweep_dir} has not selected yet (its tuning phase has not ended)")
+    return rows, warnings
+
+
+TUNING_CAPTION = (
+    "Per-arm tuning (README, Fair comparisons): every arm tried the same candidates on the tuning seeds;"
+    " the candidate with the best mean of the best validation value was selected (ties: the earlier one; a"
+    " failed run scores as the worst value), and only the arm's runs on the other, final seeds are results."
+)
 
 
 def paired_rows(comparisons: list[PairedComparison], group_by: tuple[str, ...]) -> list[list[str]]:
@@ -192,6 +243,8 @@ class Report:
     metrics: list[str]
     command: str
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    tunings: list[Tuning] = field(default_factory=list)
+    tuning_runs: int = 0  # tuning trials read and left out of the results
 
 
 def report_metrics(runs: list[Run], metric: str) -> list[str]:
@@ -211,11 +264,15 @@ def build(
     formats: tuple[str, ...] = FORMATS,
     plots: bool = True,
     command: str | None = None,
+    tunings: list[Tuning] | None = None,
 ) -> Report:
-    """Aggregate ``runs`` and write the report files into ``out_dir``."""
+    """Aggregate ``runs`` and write the report files into ``out_dir``. Tuning trials (``phase`` tune) are
+    left out of the results; ``tunings`` (:func:`attn.runner.collect.tunings`) adds their tables."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"unknown report format {bad[0]!r}; valid choices: {', '.join(FORMATS)}")
+    tuning_runs = sum(r.phase == "tune" for r in runs)
+    runs = [r for r in runs if r.phase != "tune"]
     completed = [r for r in runs if r.status == "completed"]
     if not runs:
         raise ConfigError("no runs found (no results.json or sweep.json)")
@@ -241,7 +298,7 @@ def build(
     if plots and completed:
         images = draw_all(groups, group_by, metric, out)
         files += [p for ps in images.values() for p in ps]
-    rep = Report(groups, runs, problems, files, metrics, command, verdicts)
+    rep = Report(groups, runs, problems, files, metrics, command, verdicts, list(tunings or []), tuning_runs)
     if "csv" in formats:
         files += _write_csv(rep, group_by, out)
     if "md" in formats:
@@ -330,7 +387,10 @@ def _counts(rep: Report) -> str:
     for r in rep.runs:
         by[r.status] = by.get(r.status, 0) + 1
     detail = ", ".join(f"{n} {s}" for s, n in sorted(by.items()))
-    return f"{len(rep.runs)} runs read ({detail})"
+    tuning = (
+        f"; {rep.tuning_runs} tuning runs, not results, are in the tuning tables" if rep.tuning_runs else ""
+    )
+    return f"{len(rep.runs)} runs read ({detail}){tuning}"
 
 
 CAPTION = (
@@ -394,6 +454,11 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
         lines.append("")
     for img in images.get("", []):
         lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
+    for t in rep.tunings:
+        rows, warnings = tuning_rows(t)
+        lines += ["", f"## Tuning: {t.sweep_dir}", "", TUNING_CAPTION, ""]
+        lines += [f"**{w}**" for w in warnings] + ([""] if warnings else [])
+        lines += [_markdown_table(rows)]
     lines += ["", "## Provenance", ""]
     lines += [f"**{w}**" for w in mixed_origins(rep.groups)]
     lines += ["", _markdown_table(provenance_rows(rep.runs))]
@@ -435,6 +500,11 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups), own), marks))
         parts += [img_tag(p) for p in images.get(split, [])]
     parts += [img_tag(p) for p in images.get("", [])]
+    for t in rep.tunings:
+        rows, warnings = tuning_rows(t)
+        parts.append(f"<h2>Tuning: {html.escape(t.sweep_dir)}</h2><p>{html.escape(TUNING_CAPTION)}</p>")
+        parts += [f"<p class='verdict'>{html.escape(w)}</p>" for w in warnings]
+        parts.append(_html_table(rows, [""] * (len(rows) - 1)))
     parts.append("<h2>Provenance</h2>")
     parts += [f"<p class='verdict'>{html.escape(w)}</p>" for w in mixed_origins(rep.groups)]
     rows = provenance_rows(rep.runs)
@@ -462,6 +532,7 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
             "p_vs_best": num(g.p_value),
             "p_holm": num(g.rank().p_holm),
             "chance": g.chance,
+            "selected": next((r.tuned for r in g.runs if r.tuned), None),
             "metrics": {
                 m: {
                     "n": s.n,
@@ -495,4 +566,15 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
         "tasks": tasks,
         "provenance": [dict(zip(rows[0], row, strict=True)) for row in rows[1:]],
         "warnings": mixed_origins(rep.groups),
+        "tuning": [
+            {
+                "sweep_dir": t.sweep_dir,
+                "spec": t.spec,
+                "monitor": t.monitor,
+                "table": t.table,
+                "selected": t.selected,
+                "warnings": tuning_rows(t)[1],
+            }
+            for t in rep.tunings
+        ],
     }

@@ -656,8 +656,8 @@ def launch_trials(sweep_dir: str | Path, only: str | None = None) -> Manifest:
     with locked_manifest(root) as m:
         todo = []
         for t in m.trials:
-            if only is not None and phase(t) != only:
-                continue
+            if (only is not None and phase(t) != only) or t.extra.get("told"):
+                continue  # another phase, or an Optuna candidate whose result its study has been told
             if trial_done(root, t, warn=True):
                 t.status = "completed"
             else:

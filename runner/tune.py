@@ -230,7 +230,7 @@ def tuning_table(m: Manifest, sweep_dir: str | Path) -> dict[str, list[dict[str,
     for t in m.trials:
         if phase(t) != TUNE:
             continue
-        key = repr(sorted(t.extra["candidate"].items()))
+        key = repr((sorted(t.extra["candidate"].items()), t.extra.get("optuna_trial")))
         row = table.setdefault(t.extra["arm"], {}).setdefault(
             key, {"candidate": t.extra["candidate"], "values": [], "failed": 0, "mode": t.extra["mode"]}
         )
@@ -270,7 +270,7 @@ def at_edge(spec: TuneSpec, candidate: dict[str, str]) -> list[str]:
     if spec.search != "grid":
         return []
     grid = spec.keys
-    return [k for k, v in candidate.items() if len(grid.get(k, [])) > 2 and v in (grid[k][0], grid[k][-1])]
+    return [k for k, v in candidate.items() if len(grid.get(k, [])) >= 2 and v in (grid[k][0], grid[k][-1])]
 
 
 def sample_candidate(spec: TuneSpec | None) -> dict[str, str]:
