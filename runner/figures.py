@@ -86,20 +86,43 @@ def length_panels(groups: list[Group], metric: str) -> list[tuple[str, dict[str,
     return panels
 
 
+def forest_rows(groups: list[Group], group_by: tuple[str, ...], metric: str) -> list[plots.ForestRow]:
+    """Every group with ``metric``: label (its key, and the values tuning selected), mean, 95% interval,
+    its runs' values, and its success rate where the task has a threshold."""
+    rows = []
+    for g in groups:
+        s = g.stats.get(metric)
+        if s is None:
+            continue
+        label = " / ".join(str(k) for k in g.key)
+        tuned = sorted(
+            {" ".join(f"{k.split('.')[-1]}={v}" for k, v in r.tuned.items()) for r in g.runs if r.tuned}
+        )
+        if tuned:
+            label += f" ({'; '.join(tuned)})"
+        lo, hi = s.ci if s.n > 1 else (s.mean, s.mean)
+        success = None
+        if g.success is not None:
+            slo, shi = g.success.ci
+            success = (g.success.rate, slo, shi, f"{g.success.k}/{g.success.n}")
+        rows.append(plots.ForestRow(f"{label}  n={s.n}", s.mean, lo, hi, list(s.values), success))
+    return rows
+
+
 def _curve(run_dir: str, key: str) -> dict[int, float]:
-    """``{epoch: value}`` of ``key`` in a run's metric history."""
+    """``{training step: value}`` of ``key`` in a run's metric history."""
     out: dict[int, float] = {}
     for row in read_metrics(run_dir):
-        if row.get(key) not in (None, "") and row.get("epoch") not in (None, ""):
-            out[int(float(row["epoch"]))] = float(row[key])
+        if row.get(key) not in (None, "") and row.get("step") not in (None, ""):
+            out[int(float(row["step"]))] = float(row[key])
     return out
 
 
 def learning_curves(
     groups: list[Group], group_by: tuple[str, ...], metric: str
 ) -> tuple[dict[str, list[tuple[int, float]]], str]:
-    """The task's monitored validation metric (``task.monitor``, e.g. ``val/acc``) per epoch, mean over
-    seeds, for the best group (by ``metric``) of each attention kind; and the monitor's name."""
+    """The task's monitored validation metric (``task.monitor``, e.g. ``val/acc``) per training step, mean
+    over seeds, for the best group (by ``metric``) of each attention kind; and the monitor's name."""
     sign = -1 if lower_is_better(metric) else 1
     ai = _index(group_by, "attention")
     best: dict[Any, Group] = {}
@@ -113,11 +136,9 @@ def learning_curves(
     for _, g in sorted(best.items(), key=lambda kv: str(kv[0])):
         monitor = str((g.runs[0].config.get("task") or {}).get("monitor") or "val/acc")
         found = [c for c in (_curve(r.run_dir, monitor) for r in g.runs) if c]
-        epochs = sorted(set.intersection(*(set(c) for c in found))) if found else []
-        if epochs:
-            curves[" / ".join(map(str, g.key))] = [
-                (e + 1, sum(c[e] for c in found) / len(found)) for e in epochs
-            ]
+        steps = sorted(set.intersection(*(set(c) for c in found))) if found else []
+        if steps:
+            curves[" / ".join(map(str, g.key))] = [(e, sum(c[e] for c in found) / len(found)) for e in steps]
     return curves, monitor
 
 
@@ -195,6 +216,14 @@ def draw_all(
         m = gs[0].metric if gs and gs[0].metric else metric  # the task's ranking metric
         chance = _chance(gs)
         paths = []
+        rows = forest_rows(gs, group_by, m)
+        if rows:
+            title = f"{split}: {m} per setting" + (
+                " and success rate" if any(r.success for r in rows) else ""
+            )
+            paths.append(
+                plots.forest(rows, m, chance, out / f"{slug}_{m.replace('/', '_')}_forest.png", title)
+            )
         lines = temperature_lines(gs, group_by, m)
         if lines:
             path = out / f"{slug}_{m.replace('/', '_')}_vs_T.png"

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .paths import short_name
-from .records import Manifest, Trial, locked_manifest, read_manifest
+from .records import STOP_FILE, Manifest, Trial, locked_manifest, read_manifest
 from .tune import TUNE, TuneSpec, arm_name, as_overrides, base_overrides, phase, score
 
 SAMPLER_SEED = 0  # arm i's TPE sampler is seeded with SAMPLER_SEED + i: a sweep proposes the same again
@@ -181,8 +181,6 @@ def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, A
 
 def run_search(root: str | Path, spec: TuneSpec, launch_trials: Callable[..., Manifest]) -> Manifest:
     """Run the tuning phase of an Optuna search to its end (or until the sweep is stopped)."""
-    from .sweep import STOP_FILE
-
     root = Path(root)
     m = read_manifest(root)
     space = distributions({k: v[0] for k, v in spec.keys.items()}, spec.log)

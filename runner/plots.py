@@ -1,9 +1,11 @@
-"""The report's figures (matplotlib, PNG), drawn from numbers only: metric vs temperature, metric and
-attention entropy vs evaluation length, learning curves, attention heatmaps. What to draw is decided by
+"""The report's figures (matplotlib, PNG), drawn from numbers only: every group's metric with its interval
+(a forest plot), metric vs temperature, metric and attention entropy vs evaluation length, learning
+curves, attention heatmaps. What to draw is decided by
 the report (:mod:`attn.runner.report`); nothing here reads runs or files."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,20 +95,66 @@ def metric_vs_length(
 def learning_curves(
     curves: dict[str, list[tuple[int, float]]], monitor: str, chance: float | None, path: Path, title: str
 ) -> Path:
-    """The monitored validation metric per epoch (1-based), one line per label (mean over seeds)."""
-    from matplotlib.ticker import MaxNLocator
-
+    """The monitored validation metric per training step, one line per label (mean over seeds)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, points in curves.items():
         ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=label)
     _chance_line(ax, chance, monitor)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("training step")
     ax.set_ylabel(f"{monitor} (mean over seeds)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+@dataclass
+class ForestRow:
+    """One group of a forest plot: its label, mean and 95% interval, its runs' values (one dot each), and
+    where a task has a success threshold, its success rate with the 95% Wilson interval and ``k/n``."""
+
+    label: str
+    mean: float
+    low: float
+    high: float
+    values: list[float]
+    success: tuple[float, float, float, str] | None = None
+
+
+def forest(rows: list[ForestRow], metric: str, chance: float | None, path: Path, title: str) -> Path:
+    """A dot-and-whisker plot, one row per group (top to bottom as given): the mean with its 95% interval
+    and each run as a small dot; beside it, when the rows carry them, the success rates with their 95%
+    Wilson intervals."""
+    plt = _pyplot()
+    panels = 2 if any(r.success for r in rows) else 1
+    height = 1.2 + 0.42 * len(rows)
+    fig, axes = plt.subplots(1, panels, figsize=(6 + 3.5 * (panels - 1), height), squeeze=False, sharey=True,
+                             gridspec_kw={"width_ratios": [1.6, 1][:panels]})  # fmt: skip
+    ys = list(range(len(rows)))[::-1]
+    ax = axes[0][0]
+    for y, r in zip(ys, rows, strict=True):
+        ax.errorbar([r.mean], [y], xerr=[[r.mean - r.low], [r.high - r.mean]], fmt="o", color="C0", capsize=3)
+        ax.scatter(r.values, [y + 0.18] * len(r.values), s=9, color="C1", alpha=0.7, zorder=3)
+    if chance is not None and metric.endswith("/acc"):
+        ax.axvline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(ys, [r.label for r in rows], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel(f"{metric}: mean [95% CI] (orange: each run)")
+    ax.grid(True, axis="x", alpha=0.3)
+    if panels == 2:
+        ax = axes[0][1]
+        for y, r in zip(ys, rows, strict=True):
+            if r.success is None:
+                continue
+            rate, lo, hi, text = r.success
+            ax.errorbar([rate], [y], xerr=[[rate - lo], [hi - rate]], fmt="s", color="C2", capsize=3)
+            ax.annotate(text, (rate, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.set_xlim(-0.05, 1.05)
+        ax.set_xlabel("solved: rate [95% Wilson]")
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, plt, path)
 
 

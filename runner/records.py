@@ -45,6 +45,7 @@ RECORD_KEYS = (
 RESULTS = "results.json"
 CONFIG_KEY = "attn_config"  # the resolved config stored in every checkpoint
 MANIFEST = "sweep.json"
+STOP_FILE = ".stopping"  # in a sweep directory: the sweep was told to stop, no further trial starts
 
 
 def _number(value: Any) -> bool:

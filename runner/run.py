@@ -193,13 +193,29 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, dm: Any, stopper: SignalStop
     return callbacks
 
 
+SHORT_RUN_EPOCHS = 2  # runs of at most this many epochs validate 4 times an epoch (learning curves)
+
+
+def validation_interval(trainer: dict[str, Any]) -> float | int:
+    """``trainer.val_check_interval``; when null, 0.25 (4 validations an epoch) for a run of 1-2 epochs
+    (so that its learning curve has points), else 1.0 (once an epoch)."""
+    given = trainer.get("val_check_interval")
+    if given is not None:
+        return given
+    short = 0 < trainer.get("max_epochs", 0) <= SHORT_RUN_EPOCHS and trainer.get("max_steps", -1) == -1
+    plain = not trainer.get("fast_dev_run") and not trainer.get("overfit_batches")
+    return 0.25 if short and plain else 1.0
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
     """The Lightning trainer of ``cfg.trainer``, saving checkpoints atomically."""
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # attn saves and requeues on USR1 itself: no hpc_ckpt_*.ckpt files
         plugins.append(SLURMEnvironment(auto_requeue=False))
+    kwargs = OmegaConf.to_container(cfg.trainer)
+    kwargs["val_check_interval"] = validation_interval(kwargs)
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer),
+        **kwargs,
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(run_dir),

@@ -76,6 +76,7 @@ class TrainerSchema:
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
+    val_check_interval: Any = None  # null: 4 validations an epoch in runs of 1-2 epochs, else one
     deterministic: bool = False
     detect_anomaly: bool = False
     fast_dev_run: Any = False

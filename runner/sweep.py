@@ -46,6 +46,7 @@ from .paths import (
 from .plugins import PLUGINS_ENV, canonical, env_plugins
 from .records import (
     MANIFEST,
+    STOP_FILE,
     DirLock,
     Manifest,
     Trial,
@@ -68,7 +69,6 @@ from .tune import (
     check_seeds,
     parse_spec,
     phase,
-    sample_candidate,
     seed_of,
     spec_of,
     tuning_open,
@@ -284,7 +284,7 @@ def plan(
             raise ConfigError(f"{both[0]} is both swept and tuned; sweep it or tune it")
     elif not grid:
         raise ConfigError("nothing to sweep: give sweep=<preset> or a key with values, e.g. seed=0,1,2")
-    probe = sample_candidate(spec) if spec is not None else {}  # final trials are checked with it
+    probe = sample_candidate(spec)  # the final trials are checked with it
     finals, skipped = [], []
     seen: dict[str, int] = {}  # config digest -> the trial that runs it
     stamp = f"{datetime.now():%Y%m%d-%H%M%S}"
@@ -350,6 +350,18 @@ def plan(
     return manifest, skipped
 
 
+def sample_candidate(spec: TuneSpec | None) -> dict[str, str]:
+    """A candidate to check the final trials with before anything runs (the grid's first; for Optuna,
+    the low end of each space, which is checked on the way)."""
+    if spec is None:
+        return {}
+    if spec.search == "grid":
+        return spec.candidates()[0]
+    from .optuna_search import low_end
+
+    return low_end(spec)
+
+
 def monitor_of(cfg: Any) -> dict[str, str]:
     """The value tuning selects on: the best validation value of the task's monitor (``val/best_acc``),
     and whether higher or lower is better. A monitor outside ``val/`` is refused: selection never reads
@@ -409,7 +421,6 @@ def _positive_int(key: str, value: str) -> int:
 
 
 SWEEP_LOCK = ".sweep.lock"  # held by the attn sweep process for its whole life
-STOP_FILE = ".stopping"  # written when the sweep is told to stop: no further trial starts
 
 
 def trial_done(sweep_dir: str | Path, trial: Trial, warn: bool = False) -> bool:

@@ -103,7 +103,8 @@ def parse_spec(
     """The tuning of ``attn sweep``: ``--tune KEY=VALUES`` (repeatable; a key given there replaces the
     preset's), ``--tune-seeds``, ``--tune-search``, ``--tune-trials`` and ``--tune-log`` over the preset's
     ``tune``/``tune_seeds``/``tune_search``/``tune_trials``/``tune_log``. None when nothing is tuned;
-    ``ConfigError`` in one line for bad input."""
+    ``ConfigError`` in one line for bad input (an Optuna space is checked by
+    :func:`attn.runner.optuna_search.check_space`)."""
     preset = preset or {}
     keys: dict[str, str] = {str(k): _text(v) for k, v in (preset.get("tune") or {}).items()}
     for item in tune:
@@ -141,12 +142,9 @@ def parse_spec(
         return TuneSpec({k: _grid_values(k, v) for k, v in keys.items()}, seeds)
     if trials is None or int(trials) < 1:
         raise ConfigError(f"--tune-trials={trials} is invalid: --tune-search optuna needs a number >= 1")
-    from .optuna_search import check_space
-
     unknown = [k for k in log if k not in keys]
     if unknown:
         raise ConfigError(f"--tune-log {unknown[0]}: not a tuned key; tuned: {', '.join(keys)}")
-    check_space(keys, log)
     return TuneSpec({k: [v] for k, v in keys.items()}, seeds, "optuna", int(trials), log)
 
 
@@ -271,18 +269,6 @@ def at_edge(spec: TuneSpec, candidate: dict[str, str]) -> list[str]:
         return []
     grid = spec.keys
     return [k for k, v in candidate.items() if len(grid.get(k, [])) >= 2 and v in (grid[k][0], grid[k][-1])]
-
-
-def sample_candidate(spec: TuneSpec | None) -> dict[str, str]:
-    """A candidate the grid's final trials are checked with before anything runs (the first of the grid;
-    for Optuna, the low end of each range)."""
-    if spec is None:
-        return {}
-    if spec.search == "grid":
-        return spec.candidates()[0]
-    from .optuna_search import low_end
-
-    return low_end(spec)
 
 
 def tuning_open(m: Manifest) -> bool:

@@ -153,8 +153,9 @@ def test_help_lists_the_config_options_and_presets():
     assert str(Path(__file__).resolve().parent.parent / "conf") in train
     sweep = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "300"}).output
     presets = (
-        "attention_kinds, first, hard_tasks, length_generalisation, max_retrieval_temperature, mqar_kinds,"
-        " smoke, study, temperature"
+        "attention_kinds, first, hard_classification_tuned, hard_tasks, length_generalisation,"
+        " max_retrieval_temperature, mqar_kinds, mqar_kinds_tuned, mqar_temperature_tuned, smoke, study,"
+        " temperature"
     )
     assert presets in " ".join(sweep.replace("│", " ").split())
     bench = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "300"}).output

@@ -105,7 +105,7 @@ def cut_short(fast, tmp_path):
     run_dir = tmp_path / "run"
     os.environ["ATTN_RUN_DIR"] = str(run_dir)
     try:
-        record, exc = run(load([*fast, "logger=csv"]))
+        record, exc = run(load([*fast, "logger=csv", "trainer.val_check_interval=1.0"]))  # once an epoch
     finally:
         del os.environ["ATTN_RUN_DIR"]
     assert exc is None

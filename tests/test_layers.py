@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository root is the pack
 PACKAGES = ("cli", "runner", "models", "datamodules")
 ENGINE_LAYERS = (
     ("paths", "errors", "machine", "provenance", "records"),
-    ("plugins", "schema", "config", "stats"),
-    ("threads", "checkpoints", "collect"),
+    ("plugins", "schema", "config", "stats", "tune"),
+    ("threads", "checkpoints", "collect", "optuna_search"),
     ("signals", "resume", "aggregate", "plots"),
     ("run", "slurm", "figures"),
     ("bench", "sweep", "report"),

@@ -588,3 +588,33 @@ def test_two_task_ddp_job_is_one_run_with_the_single_process_metrics(cluster, tm
     assert a["test/examples"] == b["test/examples"] == 301 and a["train/steps"] == b["train/steps"]
     assert abs(a["test/acc"] - b["test/acc"]) <= 0.02 and abs(a["test/loss"] - b["test/loss"]) <= 0.02
     assert (record["device"]["world_size"], record["device"]["backend"]) == (2, "gloo")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_tuned_sweep_submits_its_final_array_when_the_tuning_array_has_ended(cluster, tmp_path):
+    tiny = [*TINY, "task.datamodule.n_val=64", "task.datamodule.n_test=64", "trainer.max_epochs=1"]
+    args = [
+        *tiny,
+        "seed=0,1",
+        "--tune",
+        "optim.lr=1e-3,3e-2",
+        "--tune-seeds",
+        "7",
+        "launcher=slurm",
+        *SMALL_JOB,
+    ]
+    proc = _sweep_in_background(tmp_path / "s", args)
+    out = _finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    m = read_manifest(tmp_path / "s")
+    tune = [t for t in m.trials if t.extra.get("phase") == "tune"]
+    final = [t for t in m.trials if t.extra.get("phase") == "final"]
+    assert len(tune) == 2 and len(final) == 2 and set(m.extra["selected"]) == {"all"}
+    arrays = (
+        {t.extra["slurm_job"].split("_")[0] for t in tune},
+        {t.extra["slurm_job"].split("_")[0] for t in final},
+    )
+    assert len(arrays[0]) == 1 and len(arrays[1]) == 1 and arrays[0] != arrays[1]  # two arrays
+    assert min(t.extra["started"] for t in final) >= max(t.extra["finished"] for t in tune)
+    assert all(t.overrides[-1] == f"optim.lr={m.extra['selected']['all']['optim.lr']}" for t in final)

@@ -219,17 +219,23 @@ def test_an_unfinished_tuning_phase_does_not_select(tmp_path, monkeypatch):
     assert "selected" not in m.extra
 
 
+def tuned_and_run(tmp_path, monkeypatch, best_lr):
+    """A tuned sweep run to its end by the stand-in launcher, ``best_lr`` the best candidate of every arm."""
+    root = tuned(tmp_path)
+    launch_trials, _ = fake_launcher(
+        lambda t: 0.9 if t.extra.get("candidate", {}).get("optim.lr") == best_lr else 0.5
+    )
+    monkeypatch.setattr(sweep_module, "launch_trials", launch_trials)
+    sweep_module.launch(root)
+    return root
+
+
 # --------------------------------------------------------------------------------------------
 # --extend
 
 
 def test_extend_adds_exactly_the_new_seeds_per_arm_with_the_selected_values(tmp_path, monkeypatch):
-    root = tuned(tmp_path)
-    launch_trials, _ = fake_launcher(
-        lambda t: 0.9 if t.extra.get("candidate", {}).get("optim.lr") == "0.01" else 0.5
-    )
-    monkeypatch.setattr(sweep_module, "launch_trials", launch_trials)
-    sweep_module.launch(root)
+    root = tuned_and_run(tmp_path, monkeypatch, best_lr="0.01")
     before = read_manifest(root)
     m, added = plan_extend(root, ["seed=1,2,3"])  # seed 1 is there already
     assert len(added) == 2 * 2
@@ -267,12 +273,7 @@ def test_extend_an_untuned_sweep(tmp_path):
 
 
 def test_the_report_leaves_tuning_runs_out_and_shows_the_tuning_table(tmp_path, monkeypatch):
-    root = tuned(tmp_path)
-    launch_trials, _ = fake_launcher(
-        lambda t: 0.9 if t.extra.get("candidate", {}).get("optim.lr") == "0.01" else 0.5
-    )
-    monkeypatch.setattr(sweep_module, "launch_trials", launch_trials)
-    sweep_module.launch(root)
+    root = tuned_and_run(tmp_path, monkeypatch, best_lr="0.01")
     runs = collect(root)
     assert sum(r.phase == "tune" for r in runs) == 12
     rep = build(runs, tmp_path / "report", plots=False, tunings=tunings(root))
@@ -301,6 +302,14 @@ def test_dry_run_prints_both_phases(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "phase tune: 12 trials = 2 arms x candidates of optim.lr (3) x tuning seeds 100,101" in r.stdout
     assert "phase final: 4 trials" in r.stdout and "optim.lr=<selected>" in r.stdout
+    r = attn("sweep", "sweep=mqar_kinds_tuned", "--dry-run")
+    assert (
+        r.returncode == 0
+        and "phase tune: 16 trials = 4 arms" in r.stdout
+        and "phase final: 20 trials" in r.stdout
+    )
+    r = attn("sweep", "--resume", str(tmp_path), "--tune", "optim.lr=1,2")
+    assert r.returncode == 2 and "--tune options apply to a new sweep" in r.stderr
     r = attn("sweep", *GRID, "--tune", "optim.lr=1e-3,1e-2", "--tune-seeds", "0")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: tuning seed 0 is also a final seed; give --tune-seeds outside the final seeds (0, 1)"
@@ -400,3 +409,31 @@ def test_optuna_gives_every_arm_the_same_budget_and_resumes(tmp_path, monkeypatc
 def test_bad_optuna_spaces_are_one_line(tmp_path, tune, message):
     with pytest.raises(ConfigError, match=message):
         plan(GRID, str(tmp_path / "s"), tune=tune)
+
+
+def test_the_report_draws_a_forest_plot_with_the_selected_values_and_success_rates(tmp_path, monkeypatch):
+    from attn.runner import figures
+
+    root = tuned_and_run(tmp_path, monkeypatch, best_lr="0.01")
+    runs = collect(root)
+    for r in runs:  # a lottery: solved at 0.9
+        r.config["task"]["solved_at"] = 0.9
+        r.metrics["test/acc"] = 0.95 if r.get("seed") == 0 else 0.55
+    rep = build(runs, tmp_path / "report", tunings=tunings(root))
+    groups = rep.groups["classification"]
+    rows = figures.forest_rows(groups, ("attention", "softmax", "temperature"), "test/acc")
+    assert [r.label for r in rows] == [
+        f"{k} / softmax / 1.0 (lr=0.01)  n=2" for k in (g.key[0] for g in groups)
+    ]
+    assert all(r.success[3] == "1/2" and sorted(r.values) == [0.55, 0.95] for r in rows)
+    assert (tmp_path / "report" / "classification_test_acc_forest.png").stat().st_size > 1000
+
+
+def test_short_runs_validate_four_times_an_epoch():
+    from attn.runner.run import validation_interval
+
+    assert validation_interval({"max_epochs": 1, "max_steps": -1}) == 0.25
+    assert validation_interval({"max_epochs": 2, "max_steps": -1}) == 0.25
+    assert validation_interval({"max_epochs": 3, "max_steps": -1}) == 1.0
+    assert validation_interval({"max_epochs": 1, "max_steps": -1, "fast_dev_run": True}) == 1.0
+    assert validation_interval({"max_epochs": 1, "max_steps": -1, "val_check_interval": 0.5}) == 0.5
