@@ -437,3 +437,18 @@ def test_short_runs_validate_four_times_an_epoch():
     assert validation_interval({"max_epochs": 3, "max_steps": -1}) == 1.0
     assert validation_interval({"max_epochs": 1, "max_steps": -1, "fast_dev_run": True}) == 1.0
     assert validation_interval({"max_epochs": 1, "max_steps": -1, "val_check_interval": 0.5}) == 0.5
+
+
+@pytest.mark.slow
+def test_an_optuna_tuned_sweep_runs_from_the_command_line(tmp_path):
+    out = tmp_path / "s"
+    search = ["--tune-log", "optim.lr", "--tune-search", "optuna", "--tune-trials", "2", "--tune-seeds", "7"]
+    r = attn("sweep", *TINY, "seed=0", "--tune", "optim.lr=interval(1e-4,1e-2)", *search, "--dir", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = read_manifest(out)
+    tune = [t for t in m.trials if phase(t) == TUNE]
+    assert len(tune) == 2 and all(t.extra.get("told") for t in tune)
+    assert all(1e-4 <= float(t.extra["candidate"]["optim.lr"]) <= 1e-2 for t in tune)
+    assert (out / "optuna" / "all.journal").exists()
+    final = next(t for t in m.trials if phase(t) == FINAL)
+    assert final.status == "completed" and final.extra["selected"] == m.extra["selected"]["all"]
