@@ -202,7 +202,10 @@ def collect_wandb(path: str, group: str | None, api: Any = None) -> list[Run]:
             if r.state == "finished"
             else ("failed" if r.state in ("crashed", "failed") else r.state)
         )
-        runs.append(Run(f"wandb:{path}/{r.id}", status, config, metrics, summary.get("_runtime")))
+        run = Run(f"wandb:{path}/{r.id}", status, config, metrics, summary.get("_runtime"))
+        tags = set(getattr(r, "tags", None) or [])
+        run.phase = "tune" if "phase=tune" in tags else ("final" if "phase=final" in tags else None)
+        runs.append(run)
     return runs
 
 

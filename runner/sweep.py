@@ -301,7 +301,7 @@ def plan(
         digest = config_digest(OmegaConf.to_container(cfg, resolve=True), ("name",))
         if digest in seen:
             skipped.append(
-                f"{' '.join(overrides)}: the same configuration as trial {seen[digest]:03d}, run once"
+                f"{' '.join(overrides)}: the same configuration as trial #{seen[digest]}, run once"
             )
             continue
         seen[digest] = len(finals)
@@ -313,6 +313,8 @@ def plan(
         check_seeds(spec, sorted({seed_of(Trial("", o, v, ""), str(c.seed)) for o, v, c in finals}, key=int))
         planned = [*tuning_trials(spec, finals), *((o, v, c, {"phase": FINAL}) for o, v, c in finals)]
     width = max(3, len(str(len(planned) - 1)))
+    first = len(planned) - len(finals)  # the id of the first final trial (after the tuning trials)
+    skipped = [_renumber(line, first, width) for line in skipped]
     entries = []
     for i, (overrides, values, cfg, info) in enumerate(planned):
         tid = f"{i:0{width}d}"
@@ -348,6 +350,15 @@ def plan(
         launcher_overrides=hydra_settings, skipped=skipped, extra=extra,
     )  # fmt: skip
     return manifest, skipped
+
+
+def _renumber(line: str, first: int, width: int) -> str:
+    """A skipped line's ``trial #<i>`` (the i-th final trial) as that trial's id."""
+    head, mark, tail = line.rpartition("as trial #")
+    if not mark:
+        return line
+    index, _, rest = tail.partition(",")
+    return f"{head}as trial {first + int(index):0{width}d},{rest}"
 
 
 def sample_candidate(spec: TuneSpec | None) -> dict[str, str]:
@@ -450,10 +461,11 @@ def trial_command(trial: Trial, sweep_name: str) -> list[str]:
     extra = [d for d in TRIAL_DEFAULTS if d.partition("=")[0] not in keys]
     if "logger.group" not in keys:
         extra.append(f"logger.group={sweep_name}")
-    if "logger.tags" not in keys and trial.values:
-        quoted = (f"{k}={v}".replace("\\", "\\\\").replace("'", "\\'") for k, v in trial.values.items())
-        tags = ",".join(f"'{t}'" for t in quoted)  # Hydra's quoted strings: \\ and \' escaped
-        extra.append(f"logger.tags=[{tags}]")
+    tags = {**trial.values, **({"phase": trial.extra["phase"]} if trial.extra.get("phase") else {})}
+    if "logger.tags" not in keys and tags:  # a tuned sweep's tuning runs are tagged phase=tune in W&B
+        quoted = (f"{k}={v}".replace("\\", "\\\\").replace("'", "\\'") for k, v in tags.items())
+        listed = ",".join(f"'{t}'" for t in quoted)  # Hydra's quoted strings: \\ and \' escaped
+        extra.append(f"logger.tags=[{listed}]")
     return [sys.executable, "-m", "attn.cli.main", "train", *trial.overrides, *extra]
 
 

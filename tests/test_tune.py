@@ -452,3 +452,31 @@ def test_an_optuna_tuned_sweep_runs_from_the_command_line(tmp_path):
     assert (out / "optuna" / "all.journal").exists()
     final = next(t for t in m.trials if phase(t) == FINAL)
     assert final.status == "completed" and final.extra["selected"] == m.extra["selected"]["all"]
+
+
+def test_tuning_runs_are_tagged_in_wandb_and_left_out_of_a_wandb_report(tmp_path):
+    from attn.runner.collect import collect_wandb
+    from attn.runner.sweep import trial_command
+
+    m = read_manifest(tuned(tmp_path))
+    tags = [next(a for a in trial_command(t, "s") if a.startswith("logger.tags=")) for t in m.trials]
+    assert "'phase=tune'" in tags[0] and "'phase=final'" in tags[-1]
+
+    class FakeRun:
+        def __init__(self, i, tags):
+            self.id, self.state, self.tags = f"r{i}", "finished", tags
+            self.config = {
+                "attention.kind": "dot",
+                "softmax.name": "softmax",
+                "softmax.temperature": 1.0,
+                "task.name": "classification",
+            }
+            self.summary = {"test/acc": 0.9}
+
+    class FakeApi:
+        def runs(self, path, filters):
+            return [FakeRun(0, ["phase=tune"]), FakeRun(1, ["phase=final"]), FakeRun(2, [])]
+
+    runs = collect_wandb("me/attn", None, api=FakeApi())
+    assert [r.phase for r in runs] == ["tune", "final", None]
+    assert build(runs, tmp_path / "r", plots=False).tuning_runs == 1
