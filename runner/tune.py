@@ -140,12 +140,18 @@ def parse_spec(
         if log:
             raise ConfigError("--tune-log needs --tune-search optuna (a grid's values are written out)")
         return TuneSpec({k: _grid_values(k, v) for k, v in keys.items()}, seeds)
-    if trials is None or int(trials) < 1:
-        raise ConfigError(f"--tune-trials={trials} is invalid: --tune-search optuna needs a number >= 1")
+    try:
+        n_trials = int(trials)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        n_trials = 0
+    if n_trials < 1 or str(n_trials) != str(trials).strip():
+        raise ConfigError(
+            f"--tune-trials={trials} is invalid: --tune-search optuna needs a whole number >= 1"
+        )
     unknown = [k for k in log if k not in keys]
     if unknown:
         raise ConfigError(f"--tune-log {unknown[0]}: not a tuned key; tuned: {', '.join(keys)}")
-    return TuneSpec({k: [v] for k, v in keys.items()}, seeds, "optuna", int(trials), log)
+    return TuneSpec({k: [v] for k, v in keys.items()}, seeds, "optuna", n_trials, log)
 
 
 def _text(value: Any) -> str:
