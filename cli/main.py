@@ -204,7 +204,7 @@ def sweep(
         ),
     ] = None,
     tune_trials: Annotated[
-        int | None,
+        str | None,  # checked by the engine: one line for a bad value
         typer.Option(
             "--tune-trials", help="Optuna candidates per arm (the same for every arm).", show_default=False
         ),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .paths import short_name
+from .paths import short_name, values_name
 from .records import STOP_FILE, Manifest, Trial, locked_manifest, read_manifest
 from .tune import TUNE, TuneSpec, arm_name, as_overrides, base_overrides, phase, score
 
@@ -165,7 +165,7 @@ def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, A
             for seed in spec.seeds:
                 tid = f"{len(m.trials):0{width}d}"
                 shown = {**values, **candidate, "seed": seed}
-                slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()))
+                slug = values_name(shown)
                 m.trials.append(
                     Trial(
                         id=tid, overrides=[*base, *as_overrides(candidate), f"seed={seed}"], values=values,

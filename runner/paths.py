@@ -48,6 +48,12 @@ def short_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60] or "run"
 
 
+def values_name(values: dict[str, str]) -> str:
+    """A trial directory's name from its values: ``attention=linear,d_model=64`` made safe (last part of
+    each dotted key)."""
+    return short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
+
+
 def now_iso() -> str:
     """The current time, ISO 8601 with time zone."""
     return datetime.now(UTC).astimezone().isoformat(timespec="seconds")

@@ -396,6 +396,12 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"trainer.max_epochs={tr.max_epochs} is invalid: must be >= 1 (or -1)")
     if tr.max_steps < -1 or tr.max_steps == 0:  # 0 steps would train nothing and still 'complete'
         raise ConfigError(f"trainer.max_steps={tr.max_steps} is invalid: must be >= 1 (or -1, no limit)")
+    vci = tr.get("val_check_interval")
+    if vci is not None and not (_number(vci) and (0 < vci <= 1 or (float(vci).is_integer() and vci >= 1))):
+        raise ConfigError(
+            f"trainer.val_check_interval={vci!r} is invalid: a fraction of an epoch in (0, 1], a number of"
+            " training batches >= 1, or null (4 validations an epoch in runs of 1-2 epochs, else one)"
+        )
     for stage in ("train", "val", "test"):
         limit = tr[f"limit_{stage}_batches"]
         if _number(limit) and limit <= 0:  # no batches: nothing trained, validated or tested

@@ -42,6 +42,7 @@ from .paths import (
     group_options,
     now_iso,
     short_name,
+    values_name,
 )
 from .plugins import PLUGINS_ENV, canonical, env_plugins
 from .records import (
@@ -310,7 +311,7 @@ def plan(
         raise ConfigError("every combination of the grid is invalid; see --dry-run --skip-invalid")
     planned = [(o, v, c, {}) for o, v, c in finals]
     if spec is not None:
-        check_seeds(spec, sorted({seed_of(Trial("", o, v, ""), str(c.seed)) for o, v, c in finals}, key=int))
+        check_seeds(spec, sorted({str(c.seed) for _, _, c in finals}, key=int))
         planned = [*tuning_trials(spec, finals), *((o, v, c, {"phase": FINAL}) for o, v, c in finals)]
     width = max(3, len(str(len(planned) - 1)))
     first = len(planned) - len(finals)  # the id of the first final trial (after the tuning trials)
@@ -321,7 +322,7 @@ def plan(
         shown = {**values, **info.get("candidate", {})}
         if info.get("phase") == TUNE:
             shown["seed"] = info["seed"]
-        slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in shown.items()))
+        slug = values_name(shown)
         folder = "tune" if info.get("phase") == TUNE else "trials"
         extra_info = {k: v for k, v in info.items() if k != "seed"}
         if spec is not None:
@@ -914,7 +915,7 @@ def _extend(m: Manifest, args: list[str]) -> list[Trial]:
                 raise ConfigError(f"trial {' '.join(overrides)}: {e}") from e
             values = {**first.values, "seed": seed}
             tid = f"{len(m.trials) + len(added):0{width}d}"
-            slug = short_name(",".join(f"{k.split('.')[-1]}={v}" for k, v in values.items()))
+            slug = values_name(values)
             added.append(
                 Trial(
                     id=tid, overrides=overrides, values=values, run_dir=f"trials/{tid}-{slug}",

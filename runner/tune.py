@@ -287,12 +287,9 @@ def apply_selection(m: Manifest, sweep_dir: str | Path) -> dict[str, dict[str, s
     written into the manifest (``selected``, ``tuning``). The choice is final once made."""
     table = tuning_table(m, sweep_dir)
     chosen = select(table)
-    spec = spec_of(m)
-    assert spec is not None
     for t in m.trials:
         if phase(t) == FINAL and t.extra["arm"] in chosen:
-            t.overrides = [*base_overrides(t.overrides, spec.keys), *_seed_override(t)]
-            t.overrides += as_overrides(chosen[t.extra["arm"]])
+            t.overrides = [*t.overrides, *as_overrides(chosen[t.extra["arm"]])]  # no tuned key there yet
             t.extra["selected"] = chosen[t.extra["arm"]]
     m.extra["selected"] = chosen
     m.extra["tuning"] = {
@@ -303,10 +300,6 @@ def apply_selection(m: Manifest, sweep_dir: str | Path) -> dict[str, dict[str, s
         for arm, rows in table.items()
     }
     return chosen
-
-
-def _seed_override(t: Trial) -> list[str]:
-    return [o for o in t.overrides if o.partition("=")[0].lstrip("+") == "seed"][-1:]
 
 
 def _finite(x: float) -> float | None:

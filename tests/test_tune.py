@@ -401,6 +401,7 @@ def test_optuna_gives_every_arm_the_same_budget_and_resumes(tmp_path, monkeypatc
     ("tune", "message"),
     [
         ({**OPTUNA, "trials": None}, "--tune-trials=None is invalid"),
+        ({**OPTUNA, "trials": "x"}, "--tune-trials=x is invalid"),  # as the command line passes it
         ({**OPTUNA, "tune": ["optim.lr=interval(0,1e-2)"]}, "a log scale needs an interval above 0"),
         ({**OPTUNA, "log": ["optim.wd"]}, "--tune-log optim.wd: not a tuned key"),
         ({**OPTUNA, "tune": ["optim.lr=1e-3"], "log": []}, "Optuna needs a space"),
