@@ -228,9 +228,12 @@ def sweep(
         SWEEP_LOCK,
         extend_sweep,
         launch,
+        lock_sweep,
+        open_existing,
         plan,
         plan_extend,
         plan_resume,
+        replace_config_dirs,
         resume_settings,
         start,
         stopped,
@@ -247,6 +250,8 @@ def sweep(
             )
         if (resume is not None or extend is not None) and any(v for k, v in tuning.items()):
             raise ConfigError("--tune options apply to a new sweep; a sweep's tuning stays as it was planned")
+        if resume is not None or extend is not None:
+            open_existing(resume if resume is not None else extend, bool(config_dir))
         if extend is not None and dry_run:
             manifest, added = plan_extend(extend, list(args or []))
             print_grid(manifest, [])
@@ -262,9 +267,20 @@ def sweep(
             return
         if resume is not None or extend is not None:
             root = resume if resume is not None else extend
-            read_manifest(root)
             # One sweep process per sweep directory: a second --resume stops here, trials untouched.
-            lock = DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
+            lock = lock_sweep(root, finishing=extend is None)
+            if lock is None:  # read-only and complete: nothing to run
+                line, _ = summary(read_manifest(root))
+                typer.echo(
+                    f"{line}; nothing to run (the sweep directory is read-only): attn report {root} --out DIR"
+                )
+                return
+            if config_dir:
+                copies = replace_config_dirs(root)
+                typer.echo(
+                    f"sweep dir: {root}: its trials compose with --config-dir from now on"
+                    f" (copied to {', '.join(copies)})"
+                )
             if extend is not None:
                 added = extend_sweep(root, list(args or []))
                 typer.echo(f"sweep dir: {root}: added {len(added)} trials ({' '.join(t.id for t in added)})")
@@ -333,13 +349,24 @@ def report(
         str | None, typer.Option("--group", help="W&B group (sweep name) with --wandb.", show_default=False)
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only.")] = False,
+    plugins: Annotated[
+        str | None,
+        typer.Option(
+            "--plugins",
+            help="Plugins to import (module names or .py paths, comma-separated; also ATTN_PLUGINS) so that"
+            " the heatmaps of their attention kinds can be drawn. A record never makes attn import anything.",
+            show_default=False,
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
     """Summarise runs: per task, mean ± std and 95% CI over seeds per configuration, best marked."""
     from attn.runner.collect import collect, collect_wandb, tunings
+    from attn.runner.plugins import load_plugins
     from attn.runner.report import build  # matplotlib, torch (heatmaps): not for --help
 
     try:
+        load_plugins([p.strip() for p in (plugins or "").split(",") if p.strip()])  # only what the user gave
         tuned = []
         if wandb_path:
             runs = collect_wandb(wandb_path, group)
@@ -351,11 +378,18 @@ def report(
                 raise ConfigError(f"{root}: no runs found (no results.json or sweep.json under it)")
             target = out or f"{root}/report"
             tuned = tunings(root)
-        rep = build(
-            runs, target, metric=metric, formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-            group_by=tuple(g.strip() for g in group_by.split(",") if g.strip()), split_by=split_by,
-            plots=not no_plots, tunings=tuned,
-        )  # fmt: skip
+        settings = {
+            "metric": metric, "formats": tuple(f.strip() for f in formats.split(",") if f.strip()),
+            "group_by": tuple(g.strip() for g in group_by.split(",") if g.strip()), "split_by": split_by,
+            "plots": not no_plots, "tunings": tuned,
+        }  # fmt: skip
+        unwritten = None
+        try:
+            rep = build(runs, target, **settings)
+        except OSError as e:
+            if out is not None:  # the user's own output directory: they asked for files there
+                raise
+            unwritten, rep = f"{target} ({e.strerror or e})", build(runs, None, **settings)
     except ConfigError as e:
         _fail(str(e), 2, e, debug)
     except OSError as e:  # an unwritable or full output directory
@@ -363,7 +397,10 @@ def report(
     except KeyboardInterrupt:  # each file is written whole or not at all
         _fail("attn report interrupted; the files it had written are complete, the others are not there", 130)
     print_report(rep, tuple(g.strip() for g in group_by.split(",") if g.strip()))
-    typer.echo(f"report: {target}")
+    if unwritten:
+        typer.echo(f"report: no files written: cannot write {unwritten}; give --out DIR for the files")
+    else:
+        typer.echo(f"report: {target}")
 
 
 @app.command(context_settings={"ignore_unknown_options": True}, epilog=_groups_epilog())

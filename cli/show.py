@@ -111,6 +111,8 @@ def print_report(rep: Any, group_by: tuple[str, ...]) -> None:
             console.print(w, markup=False, style="bold yellow", soft_wrap=True)
     for warning in mixed_origins(rep.groups):
         console.print(warning, markup=False, style="bold yellow", soft_wrap=True)
+    for note in rep.notes:
+        console.print(note, markup=False, soft_wrap=True)
     counts: dict[str, int] = {}
     for r in rep.runs:
         counts[r.status] = counts.get(r.status, 0) + 1

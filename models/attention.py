@@ -627,8 +627,9 @@ class MultiHeadAttention(nn.Module):
     query that sees ``n`` keys are multiplied by :func:`~attn.models.softmax.logn_scale` (``max(1, ln n /
     ln L)``); ``"ssmax"``: by :class:`~attn.models.softmax.ScalableSoftmax` (``s_h ln n``, ``s_h``
     learned). ``n`` counts the keys the padding and causal masks leave to each query; ``L`` is
-    ``train_len``, the training sequence length. For sparsemax and entmax15 a larger factor also shrinks
-    the support (fewer keys get any weight).
+    ``train_len``, the training sequence length. Both factors scale the content logits ``q.k`` only: a
+    position bias (ALiBi) is added unscaled, as Qwen's log-n attention scales the query alone. For
+    sparsemax and entmax15 a larger factor also shrinks the support (fewer keys get any weight).
 
     ``positions``: ``"rope"`` rotates q and k by position (:func:`~attn.models.positions.rope_rotate`),
     ``"alibi"`` adds :func:`~attn.models.positions.alibi_bias` to the logits, in self-attention; the
@@ -743,6 +744,10 @@ class MultiHeadAttention(nn.Module):
             n = visible_keys(mask, is_causal, q.shape[-2], k.shape[-2], q.device)
             factor = self.ssmax(n) if self.ssmax is not None else logn_scale(n, self.train_len)
             temperature = 1.0 / factor.to(q.dtype)
+            if (
+                "position_bias" in extra
+            ):  # the factor scales q.k only (Qwen's logn rule), never ALiBi's slopes:
+                extra["position_bias"] = extra["position_bias"] * temperature  # the kind divides it by T
         if self.adaptive and not self.training:  # first pass at T = 1 gives each row's entropy
             _, w = self.attention(
                 q, k, v, mask=mask, is_causal=is_causal, scale=self.scale, temperature=1.0,

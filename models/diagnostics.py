@@ -100,7 +100,7 @@ class AttentionDiagnostics(L.Callback):
 def attention_maps(checkpoint: str, token_ids: list[int]) -> list[Tensor]:
     """Head-mean attention weights ``[L, L]`` per layer, plus the pooling weights ``[1, L]``, of a
     :class:`~attn.models.classification.ClassificationModule` checkpoint for one input."""
-    module = ClassificationModule.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = ClassificationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
     module.eval()
     ids = torch.tensor([token_ids])
     with torch.no_grad():

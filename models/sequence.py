@@ -46,7 +46,8 @@ class SequenceModule(AttnModule):
     """Trains a :class:`SequenceModel` with cross-entropy on the target positions (``IGNORE`` elsewhere).
 
     Logs ``{train,val,test}/loss``, ``{val,test}/acc`` (accuracy over target positions), ``test/seq_acc``
-    (sequences with every target right) and ``test/examples`` (sequences scored); each test sequence's
+    (sequences with every target right), ``test/examples`` (sequences scored) and ``test/targets`` (target
+    positions scored: the count behind ``test/acc``); each test sequence's
     target and predicted tokens go to ``predictions/test.tsv``. ``chance`` is the
     task's chance accuracy, used by the sample-efficiency record.
     """
@@ -67,6 +68,7 @@ class SequenceModule(AttnModule):
         self.test_acc = MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)
         self.test_seq = SumMetric()
         self.test_examples = SumMetric()
+        self.test_targets = SumMetric()
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE)
@@ -106,6 +108,7 @@ class SequenceModule(AttnModule):
         right = (logits.argmax(-1) == y) | (y == IGNORE)
         self.test_seq.update(right.all(dim=1).float().sum())
         self.test_examples.update(torch.tensor(float(len(y))))
+        self.test_targets.update((y != IGNORE).sum().float())
         self.log("test/loss", self._loss(logits, y), sync_dist=True, batch_size=len(y))
         self.log("test/acc", self.test_acc, batch_size=len(y))
 
@@ -115,8 +118,10 @@ class SequenceModule(AttnModule):
         n = self.test_examples.compute()
         self.log("test/seq_acc", self.test_seq.compute() / n.clamp_min(1))
         self.log("test/examples", n)
+        self.log("test/targets", self.test_targets.compute())
         self.test_seq.reset()
         self.test_examples.reset()
+        self.test_targets.reset()
 
 
 def can_score_adaptive(net: nn.Module) -> bool:
@@ -136,6 +141,12 @@ def _set_adaptive(net: nn.Module, on: bool) -> None:
             m.adaptive = on
 
 
+def _set_rule(net: nn.Module, rule: str | None) -> None:
+    for m in net.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.rule = rule
+
+
 @torch.no_grad()
 def evaluate_at_lengths(
     net: nn.Module,
@@ -143,15 +154,20 @@ def evaluate_at_lengths(
     batch_size: int = 256,
     metric: str = "test/acc",
     adaptive: bool = False,
+    logn: bool = False,
 ) -> dict[str, float]:
     """Accuracy over target positions and the mean attention entropy (nats) per layer at each length.
 
     ``datasets`` maps a length to a ``TensorDataset`` of ``(ids, targets)``. Returns
-    ``{metric}@{L}`` and ``test/entropy@{L}/l{layer}``: the entropy of the attention rows of the target
+    ``{metric}@{L}``, ``test/targets@{L}`` (the target positions scored) and ``test/entropy@{L}/l{layer}``:
+    the entropy of the attention rows of the target
     positions, averaged over heads and examples (kinds that form no weights, ``linear``, give none).
     With ``adaptive`` (and a model :func:`can_score_adaptive`), the same checkpoint is scored again with
     the adaptive temperature in every layer: ``test/adaptive_acc@{L}`` and
-    ``test/adaptive_entropy@{L}/l{layer}``, paired with the plain scores example by example.
+    ``test/adaptive_entropy@{L}/l{layer}``, paired with the plain scores example by example. With ``logn``,
+    likewise with log-n scaling (``max(1, ln n / ln L)`` on ``q.k``): ``test/logn_acc@{L}``. A model
+    trained at ``T = 1`` is the model a ``temperature=logn`` run trains (the factor is 1 up to the training
+    length), so this scores the logn rule without training it twice.
     """
     out = _evaluate(net, datasets, batch_size, metric, "test/entropy")
     if adaptive and can_score_adaptive(net):
@@ -160,6 +176,12 @@ def evaluate_at_lengths(
             out.update(_evaluate(net, datasets, batch_size, "test/adaptive_acc", "test/adaptive_entropy"))
         finally:
             _set_adaptive(net, False)
+    if logn and can_score_adaptive(net):
+        _set_rule(net, "logn")
+        try:
+            out.update(_evaluate(net, datasets, batch_size, "test/logn_acc", "test/logn_entropy"))
+        finally:
+            _set_rule(net, None)
     return out
 
 
@@ -185,6 +207,7 @@ def _evaluate(net: nn.Module, datasets: dict[int, Any], batch_size: int, metric:
                     per_head = attention_stats(w, asked)["entropy"]
                     entropy[layer] += float(per_head.mean()) * len(ids)
         out[f"{metric}@{length}"] = right / max(1, total)
+        out[f"test/targets@{length}"] = float(total)  # the count behind the rate (the report's floor)
         if forms_weights(kind):
             for layer, value in enumerate(entropy):
                 out[f"{entropy_name}@{length}/l{layer}"] = value / len(ids_all)

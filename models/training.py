@@ -28,6 +28,14 @@ class TrainingDiverged(RuntimeError):
 HINT = "lower optim.lr or raise softmax.temperature; trainer.detect_anomaly=true finds the operation"
 
 
+def decays(name: str, p: Tensor) -> bool:
+    """Whether AdamW's weight decay applies to parameter ``name``: to weight matrices (projections, score
+    weights), not to biases and gains (one dimension), embeddings, or a scalar per head (``[H, 1, 1]``: a
+    learned temperature's ``log_t``, Scalable-Softmax's ``log_s``), which decay would pull towards
+    ``exp(0) = 1`` rather than towards where they started."""
+    return p.dim() >= 2 and "embed" not in name and any(size > 1 for size in p.shape[1:])
+
+
 class AttnModule(L.LightningModule):
     """Base of attn's task modules; subclasses build ``self.net`` and the steps and pass the
     optimiser settings (the ``optim`` config group) on as keyword arguments."""
@@ -85,12 +93,16 @@ class AttnModule(L.LightningModule):
             self.log("train/grad_norm", norm)
 
     attn_config: dict[str, Any] | None = None  # the resolved run config, set by attn train
+    attn_files: dict[str, str] | None = None  # SHA-1 of the run's files a resume reads back (tokenizer.json)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random-number states, so that a resumed run draws what the uninterrupted one would; and the
-        config that trained the weights (``attn_config``), which a resume checks."""
+        config that trained the weights (``attn_config``) and the hashes of the files it read from its run
+        directory (``attn_files``), which a resume checks."""
         if self.attn_config is not None:
             checkpoint["attn_config"] = self.attn_config
+        if self.attn_files:
+            checkpoint["attn_files"] = dict(self.attn_files)
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng_states"] = {  # plain types and tensors: loadable with weights_only=True
             "torch": torch.get_rng_state(),
@@ -107,10 +119,11 @@ class AttnModule(L.LightningModule):
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with ``weight_decay`` on the weight matrices only (:func:`decays`), the schedule per step."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+                (decay if decays(name, p) else no_decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,

@@ -15,10 +15,13 @@ from typing import Any
 from .collect import ALIASES, Run
 from .stats import (
     ALPHA,
+    BOOTSTRAP_MIN_N,
     CHANCE,
+    POWER_MIN_N,
     Paired,
     Stat,
     Success,
+    count_of,
     fisher_p,
     holm,
     is_counter,
@@ -54,8 +57,10 @@ class Rank:
     # Against the group with the best mean (the ranking metric only): P(best > this) over pairs of runs
     # with its bootstrap interval, and the seeds per group a Welch test would need to separate the two.
     p_improve: float | None = None
-    p_improve_ci: tuple[float, float] | None = None
+    p_improve_ci: tuple[float, float] | None = None  # None: fewer runs than BOOTSTRAP_MIN_N in a group
     seeds_needed: int | None = None
+    power_alpha: float | None = None  # the level the seeds are sized at: the verdict's (Holm's first step)
+    too_few_for_power: bool = False  # not separated, but too few runs to size the effect
 
 
 @dataclass
@@ -176,6 +181,12 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
         return f"{metric} describes the attention, it is neither better nor worse; it is not ranked", 0
     scored = [g for g in groups if metric in g.stats]
     eligible = [g for g in scored if g.stats[metric].n >= 2]
+    alone = [g for g in scored if g.stats[metric].n < 2]
+    left_out = (
+        f"; left out (one seed, nothing to test): {', '.join(' / '.join(map(str, g.key)) for g in alone)}"
+        if alone
+        else ""
+    )
     chance = (
         next((g.chance for g in scored if g.chance is not None), None)
         if metric.split("@")[0] == "test/acc"
@@ -202,16 +213,17 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
     if chance is not None and all(g.ranks[metric].at_chance for g in eligible):
         return (
             f"every group is at chance level ({metric} {chance:.4f}; no 95% interval lies above it):"
-            " nothing was learned, so nothing is ranked",
+            f" nothing was learned, so nothing is ranked{left_out}",
             len(others),
         )
     if not others:
-        return f"one group has 2 or more seeds ({label}, {where}): nothing to compare it with", 0
+        return f"one group has 2 or more seeds ({label}, {where}): nothing to compare it with{left_out}", 0
     differ = [g for g in others if g.ranks[metric].p_holm is not None and g.ranks[metric].p_holm < ALPHA]
     test = f"Welch's t-test, Holm-corrected over {len(others)} comparison(s), α = {ALPHA}"
     if not differ:
         return (
-            f"no group differs from the one with the best mean ({label}, {where}; {test}): nothing is ranked",
+            f"no group differs from the one with the best mean ({label}, {where}; {test}): nothing is"
+            f" ranked{left_out}",
             len(others),
         )
     top.ranks[metric].best = True
@@ -220,57 +232,79 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
     extra = f", {untestable} untestable (no spread)" if untestable else ""
     return (
         f"best: {label} ({where}); {len(differ)} of {len(others)} other group(s) differ from it,"
-        f" {tied} indistinguishable{extra} ({test})",
+        f" {tied} indistinguishable{extra} ({test}){left_out}",
         len(others),
     )
 
 
-def successes(groups: list[Group], metric: str, runs: list[Run]) -> float | None:
-    """Each group's success count on ``metric`` against the task's ``task.solved_at`` (None: the task sets
-    no threshold, and nothing is counted), and Fisher's exact test of every rate against the highest one,
-    Holm-corrected. Returns the threshold."""
-    threshold = next((r.get("task.solved_at") for r in runs if r.get("task.solved_at") is not None), None)
-    if threshold is None:
-        return None
+def successes(groups: list[Group], metric: str) -> list[float]:
+    """Each group's success count on ``metric``, every run scored against its own ``task.solved_at`` (a run
+    without one is not counted; a group none of whose runs has one gets no rate), and Fisher's exact test
+    of every rate against the highest one, Holm-corrected. Returns the thresholds met, sorted."""
+    used: set[float] = set()
     for g in groups:
-        values = [r.metrics[metric] for r in g.runs if metric in r.metrics]
-        if values:
-            g.success = Success(sum(solved(v, float(threshold), metric) for v in values), len(values))
-    scored = [g for g in groups if g.success is not None]
-    if len(scored) >= 2:
-        top = max(scored, key=lambda g: g.success.rate)
-        others = [g for g in scored if g is not top]
+        scored = [
+            (r.metrics[metric], float(r.get("task.solved_at")))
+            for r in g.runs
+            if metric in r.metrics and _number(r.get("task.solved_at"))
+        ]
+        if scored:
+            g.success = Success(sum(solved(v, t, metric) for v, t in scored), len(scored))
+            used |= {t for _, t in scored}
+    scored_groups = [g for g in groups if g.success is not None]
+    if len(scored_groups) >= 2:
+        top = max(scored_groups, key=lambda g: g.success.rate)
+        others = [g for g in scored_groups if g is not top]
         raw = [fisher_p(top.success.k, top.success.n, g.success.k, g.success.n) for g in others]
         for g, p, q in zip(others, raw, holm(raw), strict=True):
             g.success.p, g.success.p_holm = p, q
-    return float(threshold)
+    return sorted(used)
 
 
-def lottery_text(groups: list[Group], threshold: float | None) -> str:
-    """The verdict's words for groups whose runs split into solved and unsolved ("3 of 6 runs solved it")."""
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def lottery_text(groups: list[Group], thresholds: list[float]) -> str:
+    """The verdict's words for groups whose runs split into solved and unsolved ("3 of 6 runs solved it");
+    runs recorded with different thresholds are each scored against their own, and the verdict says so."""
     split = [g for g in groups if g.success is not None and g.success.split]
+    mixed = (
+        f"; runs were scored against their own solved_at ({', '.join(f'{t:g}' for t in thresholds)})"
+        if len(thresholds) > 1
+        else ""
+    )
     if not split:
-        return ""
+        return mixed
     parts = [f"{' / '.join(map(str, g.key))}: {g.success.k} of {g.success.n} runs solved it" for g in split]
-    return f"; a lottery (runs past solved_at = {threshold:g} or not) in {'; '.join(parts)}"
+    past = f"solved_at = {thresholds[0]:g}" if len(thresholds) == 1 else "its run's solved_at"
+    return f"; a lottery (runs past {past} or not) in {'; '.join(parts)}{mixed}"
 
 
 def versus_best(groups: list[Group], metric: str) -> None:
-    """For the ranking metric: P(best > group) with its bootstrap interval, and, where the two are not
-    told apart, the seeds per group that would separate the observed difference with 80% power."""
+    """For the ranking metric: P(best > group), with its bootstrap interval where both groups have
+    :data:`~attn.runner.stats.BOOTSTRAP_MIN_N` runs, and, where the two are not told apart, the seeds per
+    group that would separate the observed difference with 80% power at the level the verdict tests the
+    first of its comparisons at (Holm's first step: ``ALPHA / comparisons``)."""
     eligible = [g for g in groups if metric in g.stats and g.stats[metric].n >= 2]
     if len(eligible) < 2 or is_counter(metric) or is_descriptive(metric):
         return
     sign = -1 if lower_is_better(metric) else 1
     top = max(eligible, key=lambda g: sign * g.stats[metric].mean)
     best = [sign * v for v in top.stats[metric].values]
+    alpha = ALPHA / (len(eligible) - 1)
     for g in eligible:
         if g is top:
             continue
         r, values = g.ranks[metric], [sign * v for v in g.stats[metric].values]
-        r.p_improve, r.p_improve_ci = prob_improvement(best, values), prob_improvement_ci(best, values)
+        r.p_improve = prob_improvement(best, values)
+        enough = min(len(best), len(values)) >= BOOTSTRAP_MIN_N
+        r.p_improve_ci = prob_improvement_ci(best, values) if enough else None
         separated = r.p_holm is not None and r.p_holm < ALPHA
-        r.seeds_needed = None if separated else seeds_for_power(top.stats[metric], g.stats[metric])
+        r.power_alpha = alpha
+        if not separated:
+            r.seeds_needed = seeds_for_power(top.stats[metric], g.stats[metric], alpha=alpha)
+            r.too_few_for_power = min(len(best), len(values)) < POWER_MIN_N
 
 
 def aggregate(
@@ -314,20 +348,20 @@ def aggregate_with_verdicts(
         ranked_by = ranking_metric({m for g in rows for m in g.stats}, metric)
         for g in rows:
             g.metric = ranked_by
-        threshold = successes(rows, ranked_by, members)
+        thresholds = successes(rows, ranked_by)
         text, k = "", 0
         for m in sorted({m for g in rows for m in g.stats}):
-            line, n = rank(rows, m, resolution(m, [r.metrics.get("test/examples") for r in members]))
+            line, n = rank(rows, m, resolution(m, [count_of(r.metrics, m) for r in members]))
             if m == ranked_by:
                 text, k = line, n
         versus_best(rows, ranked_by)
-        verdicts[split] = Verdict(text + lottery_text(rows, threshold), extra, k)
+        verdicts[split] = Verdict(text + lottery_text(rows, thresholds), extra, k)
         out[split] = rows
     return out, verdicts
 
 
 # Second scores of the same checkpoint (test/adaptive_acc@N beside test/acc@N): prefix -> what differs.
-SECOND_SCORES = {"test/adaptive_": "adaptive temperature"}
+SECOND_SCORES = {"test/adaptive_": "adaptive temperature", "test/logn_": "log-n scaling"}
 
 
 @dataclass
@@ -339,26 +373,33 @@ class PairedComparison:
     other: str  # the second score, e.g. test/adaptive_acc@64
     what: str  # what the second score changes
     result: Paired
-    p_holm: float | None = None  # Holm-corrected over the task's paired comparisons
+    p_holm: float | None = None  # Holm-corrected over the task's family (None for descriptive metrics)
 
 
-def paired_comparisons(groups: list[Group], entropy: bool = False) -> list[PairedComparison]:
+def holm_family(comparisons: list[PairedComparison]) -> str:
+    """The family one task's paired p-values are Holm-corrected over, in words: its paired comparisons of
+    metrics with a better direction (accuracies); entropies describe the attention and are not in it."""
+    n = sum(not is_descriptive(c.metric) for c in comparisons)
+    return f"this task's {n} paired comparison(s) of scores (entropies, which describe, are not tested)"
+
+
+def paired_comparisons(groups: list[Group]) -> list[PairedComparison]:
     """Every second score (:data:`SECOND_SCORES`) against its first, per group, over the runs that have
-    both (entropies only with ``entropy``); Holm-corrected over the comparisons returned."""
+    both. One Holm family per task (:func:`holm_family`): the comparisons of metrics with a better
+    direction; a descriptive metric's pair (an entropy) gets its difference and interval, no test."""
     out = []
     for g in groups:
         names = sorted({m for r in g.runs for m in r.metrics})
         for prefix, what in SECOND_SCORES.items():
             for other in (m for m in names if m.startswith(prefix)):
                 base = "test/" + other[len(prefix) :]
-                if not entropy and "entropy" in base:
-                    continue
                 runs = [r for r in g.runs if base in r.metrics and other in r.metrics]
                 if runs:
                     pair = Paired([r.metrics[base] for r in runs], [r.metrics[other] for r in runs])
                     out.append(PairedComparison(g.key, base, other, what, pair))
-    adjusted = holm([c.result.p for c in out])
-    for c, p in zip(out, adjusted, strict=True):
+    tested = [c for c in out if not is_descriptive(c.metric)]
+    adjusted = holm([c.result.p for c in tested])
+    for c, p in zip(tested, adjusted, strict=True):
         c.p_holm = None if math.isnan(p) else p
     return out
 

@@ -3,6 +3,7 @@ one), or a W&B project through its public API, as :class:`Run` s."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from .errors import ConfigError
 from .records import MANIFEST, RESULTS, Record, load_manifest, read_record, trial_dir
 
+PHASES = ("tune", "final")  # the phases of a tuned sweep's trials
 # Short names for config keys (``--group-by attention``).
 ALIASES = {
     "attention": "attention.kind",
@@ -72,13 +74,18 @@ def origin(record: Record) -> dict[str, str]:
 
 
 def _run(path: Path) -> Run:
-    """The run of one ``results.json``; a damaged one is a ``corrupt`` run naming the file."""
+    """The run of one ``results.json``; a damaged one is a ``corrupt`` run naming the file, and so is a
+    completed one with a metric that is not a finite number (nan, inf: no completed run writes one)."""
+    run_dir = str(path.parent.resolve())
     try:
         record = read_record(path)
     except ValueError as e:
-        return Run(str(path.parent.resolve()), "corrupt", error=str(e))
+        return Run(run_dir, "corrupt", error=str(e))
+    bad = next((f"{k}={v}" for k, v in record.metrics.items() if not math.isfinite(v)), None)
+    if bad and record.status == "completed":
+        return Run(run_dir, "corrupt", error=f"{path}: a completed record with a non-finite metric ({bad})")
     return Run(
-        run_dir=str(path.parent.resolve()),
+        run_dir=run_dir,
         status=record.status,
         config=record.config,
         metrics=record.metrics,
@@ -86,7 +93,19 @@ def _run(path: Path) -> Run:
         error=record.error,
         origin=origin(record),
         best_checkpoint=record.best_checkpoint,
+        phase=record_phase(record),
     )
+
+
+def record_phase(record: Record) -> str | None:
+    """A run's tuned-sweep phase as its own record says it (``phase``, or the ``phase=...`` W&B tag that
+    sweeps have given their trials): a tuning run copied out of its sweep is still a tuning run."""
+    phase = record.extra.get("phase")
+    if phase in PHASES:
+        return str(phase)
+    tags = ((record.config.get("logger") or {}) if isinstance(record.config, dict) else {}).get("tags")
+    found = [t.split("=", 1)[1] for t in tags or [] if isinstance(t, str) and t.startswith("phase=")]
+    return found[-1] if found and found[-1] in PHASES else None
 
 
 def _find(root: Path, names: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -142,10 +161,18 @@ def collect(root: str | Path) -> list[Run]:
             run_dir = str(trial_dir(manifest_path.parent, t.run_dir).resolve())
             if run_dir not in runs or runs[run_dir].status == "no record":
                 runs[run_dir] = Run(run_dir, "missing", error=t.error or "no results.json")
-            if t.extra.get("phase") in ("tune", "final"):
-                runs[run_dir].phase = t.extra["phase"]
-                runs[run_dir].tuned = dict(t.extra.get("selected") or {})
+            if t.extra.get("phase") in PHASES:
+                runs[run_dir].phase = runs[run_dir].phase or t.extra["phase"]
+                runs[run_dir].tuned = tuned_values(runs[run_dir], t.extra.get("selected"))
     return list(runs.values())
+
+
+def tuned_values(run: Run, selected: Any) -> dict[str, str]:
+    """A final run's tuned values as its own config records them (what it trained at); the manifest's
+    ``selected`` only names the keys, and gives the values of a run without a config (not run yet)."""
+    if not isinstance(selected, dict):
+        return {}
+    return {str(k): str(run.get(k)) if run.get(k) is not None else str(v) for k, v in selected.items()}
 
 
 @dataclass

@@ -125,6 +125,7 @@ def explain(exc: Exception, overrides: list[str]) -> str:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The composed (not yet validated) config for ``overrides``; ``ConfigError`` on bad input."""
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -133,6 +134,17 @@ def compose(overrides: list[str]) -> DictConfig:
         return _compose_raw(overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(explain(e, overrides)) from e
+    except yaml.YAMLError as e:  # an option file of the user's that is not YAML: one line naming it
+        raise ConfigError(yaml_error(e)) from e
+
+
+def yaml_error(e: Exception) -> str:
+    """One line for a YAML file that cannot be parsed: the file, the line and what is wrong."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}: not valid YAML ({f'{context}: ' if context else ''}{what}); correct or remove the file"
 
 
 def _quote_numeric_option(override: str) -> str:

@@ -8,13 +8,13 @@ from typing import Any
 
 from attn.datamodules.subword import TOKENIZER_FILE, Subwords
 from attn.datamodules.vocab import Vocabulary
+from attn.models.attention import forms_weights, list_attention
 from attn.models.diagnostics import attention_maps
 
 from . import plots
 from .aggregate import Group
 from .collect import Run
-from .plugins import load_plugins
-from .records import read_metrics
+from .records import inside, read_metrics
 from .stats import Stat, lower_is_better
 
 
@@ -143,19 +143,28 @@ def learning_curves(
 
 
 def checkpoint(run: Run) -> str | None:
-    """The run's best checkpoint, if it is on disk (looked up in the run directory when the run was
-    moved or copied since the record was written)."""
+    """The run's best checkpoint, if it is on disk in the run's own ``checkpoints/`` (where the record's
+    path points elsewhere, a moved or copied run, its file name is looked up there; a record's path never
+    leads outside its run directory)."""
     ckpt = run.best_checkpoint
     if not ckpt:
         return None
-    here = Path(run.run_dir) / "checkpoints" / Path(ckpt).name
-    return str(here) if here.exists() else (ckpt if Path(ckpt).exists() else None)
+    try:
+        here = inside(run.run_dir, Path("checkpoints") / Path(ckpt).name, "best_checkpoint")
+    except ValueError:
+        return None
+    return str(here) if here.is_file() else None
+
+
+# A record's config is data: the report rebuilds a run's data module only when its class is attn's own.
+OWN_TARGETS = "attn.datamodules."
 
 
 def _held_out_tokens(run: Run) -> list[str] | None:
-    """The first test example of a run's task, regenerated from its config (deterministic)."""
+    """The first test example of a run's task, regenerated from its config (deterministic); None when the
+    config names a data module outside :data:`OWN_TARGETS`."""
     node = (run.config.get("task") or {}).get("datamodule")
-    if not isinstance(node, dict) or "_target_" not in node:
+    if not isinstance(node, dict) or not str(node.get("_target_", "")).startswith(OWN_TARGETS):
         return None
     from hydra.utils import instantiate
 
@@ -165,9 +174,15 @@ def _held_out_tokens(run: Run) -> list[str] | None:
     return list(splits["test"][0][0]) if splits.get("test") else None
 
 
-def heatmaps(groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str, out: Path) -> list[Path]:
+def heatmaps(
+    groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str, out: Path
+) -> tuple[list[Path], list[str]]:
     """Per attention kind, the head-mean attention of every layer (and the pooling weights) of the
-    best run's best checkpoint on one fixed held-out example (token classifiers only)."""
+    best run's best checkpoint on one fixed held-out example (token classifiers only); and one line per
+    kind drawn without one (a kind that forms no weights, one whose plugin was not given, a failure).
+
+    A kind that a plugin registers is drawn only when the user gave that plugin (``attn report
+    --plugins`` or ``ATTN_PLUGINS``, imported before): the report never imports a module a record names."""
     sign = -1 if lower_is_better(metric) else 1
     ai = _index(group_by, "attention")
     best_run: dict[Any, Run] = {}
@@ -186,30 +201,49 @@ def heatmaps(groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: 
             r = max(candidates, key=lambda r: sign * r.metrics[metric])
             if kind not in best_run or sign * r.metrics[metric] > sign * best_run[kind].metrics[metric]:
                 best_run[kind] = r
-    tokens = _held_out_tokens(next(iter(best_run.values()))) if best_run else None
-    if not tokens:
-        return []
-    for run in best_run.values():  # a plugin's kind is rebuilt from its checkpoint: import the plugin first
-        load_plugins(list(run.get("plugins") or []))
-    paths = []
+    paths: list[Path] = []
+    notes: list[str] = []
+    drawable: dict[Any, Run] = {}
     for kind, run in sorted(best_run.items(), key=lambda kv: str(kv[0])):
-        subwords = Path(run.run_dir) / TOKENIZER_FILE  # a subword run reads its pieces, not the words
-        shown = Subwords.load(subwords).split(tokens) if subwords.is_file() else tokens
-        shown = shown[: int(run.get("model.max_len") or len(shown))]  # cut as the data module cuts
-        ids = Vocabulary.load(str(Path(run.run_dir) / "vocab.json")).encode(shown)
-        maps = attention_maps(checkpoint(run), ids)
-        layers = [None if bool(m.isnan().all()) else m.numpy() for m in maps[:-1]]
-        title = f"{kind} attention, T={run.get('temperature')}, {metric}={run.metrics[metric]:.4f}"
-        paths.append(
-            plots.attention_heatmap(layers, maps[-1].numpy(), shown, title, out / f"attention_{kind}.png")
-        )
-    return paths
+        name = str(run.get("attention.kind"))
+        if name not in list_attention():
+            plugins = ", ".join(map(str, run.get("plugins") or [])) or "a plugin"
+            notes.append(f"attention heatmap of {kind}: not drawn; its kind {name!r} comes from {plugins},"
+                         " imported only when given: attn report --plugins or ATTN_PLUGINS")  # fmt: skip
+        elif not forms_weights(name):
+            notes.append(f"attention heatmap of {kind}: none; attention {name!r} forms no weight matrix")
+        else:
+            drawable[kind] = run
+    tokens = None
+    for run in drawable.values():
+        tokens = tokens or _held_out_tokens(run)
+    if not tokens:
+        return paths, notes
+    for kind, run in drawable.items():
+        try:
+            paths.append(_heatmap(run, kind, tokens, metric, out))
+        except Exception as e:  # one kind's failure costs its own figure only
+            notes.append(
+                f"attention heatmap of {kind}: skipped: {type(e).__name__}: {str(e).splitlines()[0]}"
+            )
+    return paths, notes
+
+
+def _heatmap(run: Run, kind: Any, tokens: list[str], metric: str, out: Path) -> Path:
+    subwords = Path(run.run_dir) / TOKENIZER_FILE  # a subword run reads its pieces, not the words
+    shown = Subwords.load(subwords).split(tokens) if subwords.is_file() else tokens
+    shown = shown[: int(run.get("model.max_len") or len(shown))]  # cut as the data module cuts
+    ids = Vocabulary.load(str(Path(run.run_dir) / "vocab.json")).encode(shown)
+    maps = attention_maps(checkpoint(run), ids)
+    layers = [None if bool(m.isnan().all()) else m.numpy() for m in maps[:-1]]
+    title = f"{kind} attention, T={run.get('temperature')}, {metric}={run.metrics[metric]:.4f}"
+    return plots.attention_heatmap(layers, maps[-1].numpy(), shown, title, out / f"attention_{kind}.png")
 
 
 def draw_all(
     groups: dict[str, list[Group]], group_by: tuple[str, ...], metric: str, out: Path
-) -> dict[str, list[Path]]:
-    """Every figure of the report; ``{task: [paths], "": [heatmaps]}``."""
+) -> tuple[dict[str, list[Path]], list[str]]:
+    """Every figure of the report, ``{task: [paths], "": [heatmaps]}``, and a line per figure not drawn."""
     images: dict[str, list[Path]] = {}
     for split, gs in groups.items():
         slug = "".join(c if c.isalnum() else "_" for c in split)
@@ -246,9 +280,5 @@ def draw_all(
             title = f"{split}: {base} and attention entropy vs evaluation length"
             paths.append(plots.metric_vs_length(panels, base, chance, out / f"{slug}_vs_length.png", title))
         images[split] = paths
-    try:
-        images[""] = heatmaps(groups, group_by, metric, out)
-    except Exception as e:  # a report without heatmaps beats no report
-        print(f"warning: attention heatmaps skipped: {type(e).__name__}: {str(e).splitlines()[0]}")
-        images[""] = []
-    return images
+    images[""], notes = heatmaps(groups, group_by, metric, out)
+    return images, notes

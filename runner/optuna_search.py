@@ -6,8 +6,11 @@ search runs in rounds: every arm that has proposed fewer than ``N`` candidates a
 its trials on the tuning seeds are added to the manifest, the round runs through the sweep's launcher,
 and each finished candidate is told the mean over the tuning seeds of its best validation value (a
 candidate with a failed run is told it failed). Every arm gets exactly ``N`` candidates. A resumed sweep
-finishes the candidates already asked before it asks for more. Pruning is not used: runs on MQAR learn
-in sudden jumps, so an early validation value says little about the last one.
+finishes the candidates already asked before it asks for more, and proposes what an uninterrupted one
+would (each candidate's sampler is seeded by its arm and number). The manifest is the record: a journal
+that is missing, cut or out of step with it is set aside and its study rebuilt from the manifest.
+Pruning is not used: runs on MQAR learn in sudden jumps, so an early validation value says little about
+the last one.
 
 Search spaces are written as in Hydra's Optuna sweeper: ``interval(1e-4,1e-2)`` (a float; ints when both
 ends are ints), ``range(1,8)``, ``choice(a,b)`` or ``a,b,c`` (categorical); ``--tune-log KEY`` samples an
@@ -22,10 +25,10 @@ from typing import Any
 
 from .errors import ConfigError
 from .paths import short_name, values_name
-from .records import STOP_FILE, Manifest, Trial, locked_manifest, read_manifest
-from .tune import TUNE, TuneSpec, arm_name, as_overrides, base_overrides, phase, score
+from .records import MANIFEST, STOP_FILE, Manifest, Trial, locked_manifest, read_manifest
+from .tune import TUNE, TuneSpec, arm_name, as_overrides, base_overrides, distinct_values, phase, score
 
-SAMPLER_SEED = 0  # arm i's TPE sampler is seeded with SAMPLER_SEED + i: a sweep proposes the same again
+SAMPLER_SEED = 0  # arm i's candidate n is proposed by a TPE sampler seeded SAMPLER_SEED + 1000 i + n
 JOURNALS = "optuna"
 
 
@@ -65,12 +68,14 @@ def distributions(keys: dict[str, str], log: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"--tune {key}={text}: a tuned key needs at least two candidates")
             out[key] = IntDistribution(values[0], values[-1], step=int(value.step))
         elif isinstance(value, ChoiceSweep) or isinstance(value, list):
-            options = list(value.list if isinstance(value, ChoiceSweep) else value)
+            options = distinct_values(
+                key, [str(x) for x in (value.list if isinstance(value, ChoiceSweep) else value)]
+            )
             if logged:
                 raise ConfigError(f"--tune-log {key}: choices have no scale; use interval()")
             if len(options) < 2:
-                raise ConfigError(f"--tune {key}={text}: a tuned key needs at least two candidates")
-            out[key] = CategoricalDistribution([str(x) for x in options])
+                raise ConfigError(f"--tune {key}={text}: a tuned key needs at least two distinct candidates")
+            out[key] = CategoricalDistribution(options)
         else:
             raise ConfigError(
                 f"--tune {key}={text}: Optuna needs a space: interval(low,high), range(a,b), choice(a,b), a,b"
@@ -95,20 +100,120 @@ def low_end(spec: TuneSpec) -> dict[str, str]:
     return out
 
 
-def _study(root: Path, arm: str, index: int, mode: str, n_trials: int) -> Any:
+def _sampler(index: int, number: int, n_trials: int) -> Any:
+    """The TPE sampler that proposes arm ``index``'s candidate ``number``: seeded by both, so a search
+    proposes the same candidates whether or not it was stopped and resumed in between (a sampler seeded
+    once per process would replay its first draws after every resume)."""
+    import optuna
+
+    return optuna.samplers.TPESampler(
+        seed=SAMPLER_SEED + 1000 * index + number, n_startup_trials=max(1, min(10, n_trials // 2))
+    )
+
+
+def _journal(root: Path, arm: str) -> Path:
+    return root / JOURNALS / f"{short_name(arm)}.journal"
+
+
+def _open_study(path: Path, arm: str, mode: str) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = root / JOURNALS
-    folder.mkdir(exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(str(folder / f"{short_name(arm)}.journal"))
-    sampler = optuna.samplers.TPESampler(
-        seed=SAMPLER_SEED + index, n_startup_trials=max(1, min(10, n_trials // 2))
-    )
+    path.parent.mkdir(exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     return optuna.create_study(
-        study_name=arm, storage=optuna.storages.JournalStorage(backend), sampler=sampler,
-        direction="maximize" if mode == "max" else "minimize", load_if_exists=True,
+        study_name=arm, storage=storage, direction="maximize" if mode == "max" else "minimize",
+        load_if_exists=True,
     )  # fmt: skip
+
+
+def _candidates(root: Path, m: Manifest, arm: str) -> dict[int, dict[str, Any]]:
+    """The candidates of ``arm`` the manifest holds, by Optuna trial number: their values, whether the
+    study was told, and (told) the mean score or None for a failure."""
+    out: dict[int, dict[str, Any]] = {}
+    for t in m.trials:
+        if phase(t) == TUNE and t.extra["arm"] == arm:
+            c = out.setdefault(int(t.extra["optuna_trial"]), {"params": t.extra["candidate"], "trials": []})
+            c["trials"].append(t)
+    for c in out.values():
+        c["told"] = all(t.extra.get("told") for t in c["trials"])
+        values = [score(root, t) for t in c["trials"]] if c["told"] else []
+        c["value"] = None if not values or any(v is None for v in values) else sum(values) / len(values)
+    return out
+
+
+def _agrees(study: Any, held: dict[int, dict[str, Any]]) -> bool:
+    """Whether the study's journal holds exactly the manifest's candidates, in their states."""
+    from optuna.trial import TrialState
+
+    trials = {t.number: t for t in study.trials}
+    if set(trials) != set(held):
+        return False
+    for number, c in held.items():
+        t = trials[number]
+        params = {k: _text(v) for k, v in t.params.items()}
+        state = (TrialState.COMPLETE, TrialState.FAIL) if c["told"] else (TrialState.RUNNING,)
+        if params != c["params"] or t.state not in state:
+            return False
+    return True
+
+
+def _rebuild(root: Path, m: Manifest, arm: str, mode: str, space: dict[str, Any], why: str) -> Any:
+    """A new study for ``arm`` built from the manifest's candidates (the told ones with their results, the
+    others asked again with their own values), the damaged journal set aside in ``optuna/``; the
+    manifest's trial numbers follow the new study. Says so in one line."""
+    from optuna.trial import TrialState, create_trial
+
+    path = _journal(root, arm)
+    if path.exists():
+        n = 1
+        while path.with_name(f"{path.name}.damaged-{n}").exists():
+            n += 1
+        path.rename(path.with_name(f"{path.name}.damaged-{n}"))
+    study = _open_study(path, arm, mode)
+    held = _candidates(root, m, arm)
+    for number in sorted(held):
+        c = held[number]
+        params = {k: _value(space[k], v) for k, v in c["params"].items()}
+        if c["told"]:
+            state = TrialState.COMPLETE if c["value"] is not None else TrialState.FAIL
+            study.add_trial(create_trial(params=params, distributions=space, value=c["value"], state=state))
+            new = study.trials[-1].number
+        else:
+            study.enqueue_trial(params)
+            new = study.ask(space).number
+        for t in c["trials"]:
+            t.extra["optuna_trial"] = new
+    told = sum(c["told"] for c in held.values())
+    print(
+        f"attn sweep: {path.relative_to(root)} was {why}: its study was rebuilt from the {told} finished and"
+        f" {len(held) - told} pending tuning candidate(s) of {arm} in {MANIFEST}",
+        flush=True,
+    )
+    return study
+
+
+def _value(dist: Any, text: str) -> Any:
+    """A candidate's value as the distribution holds it (the manifest keeps text)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return text
+    return int(float(text)) if isinstance(dist, IntDistribution) else float(text)
+
+
+def _study(root: Path, m: Manifest, arm: str, mode: str, space: dict[str, Any]) -> Any:
+    """The study of ``arm`` from its journal, rebuilt from the manifest when the journal is missing,
+    unreadable or disagrees with the manifest (a cut file, a lost append)."""
+    path = _journal(root, arm)
+    held = _candidates(root, m, arm)
+    if not path.exists():
+        return _rebuild(root, m, arm, mode, space, "missing") if held else _open_study(path, arm, mode)
+    try:
+        study = _open_study(path, arm, mode)
+    except Exception:  # any unreadable journal: the manifest is the record
+        return _rebuild(root, m, arm, mode, space, "unreadable")
+    return study if _agrees(study, held) else _rebuild(root, m, arm, mode, space, "damaged")
 
 
 def _arms(m: Manifest) -> dict[str, Trial]:
@@ -158,7 +263,9 @@ def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, A
             asked = {t.extra["optuna_trial"] for t in mine}
             if len(asked) >= int(spec.trials or 0) or any(not t.extra.get("told") for t in mine):
                 continue
-            trial = studies[arm].ask(space)
+            study = studies[arm]
+            study.sampler = _sampler(list(arms).index(arm), len(study.trials), int(spec.trials or 1))
+            trial = study.ask(space)
             candidate = {k: _text(v) for k, v in trial.params.items()}
             base = base_overrides(first.overrides, spec.keys)
             values = {k: v for k, v in first.values.items() if k != "seed"}
@@ -182,13 +289,9 @@ def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, A
 def run_search(root: str | Path, spec: TuneSpec, launch_trials: Callable[..., Manifest]) -> Manifest:
     """Run the tuning phase of an Optuna search to its end (or until the sweep is stopped)."""
     root = Path(root)
-    m = read_manifest(root)
     space = distributions({k: v[0] for k, v in spec.keys.items()}, spec.log)
-    arms = _arms(m)
-    studies = {
-        arm: _study(root, arm, i, t.extra["mode"], int(spec.trials or 1))
-        for i, (arm, t) in enumerate(arms.items())
-    }
+    with locked_manifest(root) as m:  # a rebuilt study renumbers the manifest's candidates
+        studies = {arm: _study(root, m, arm, t.extra["mode"], space) for arm, t in _arms(m).items()}
     while True:
         _tell(root, studies)
         if not _ask(root, spec, studies, space):

@@ -15,6 +15,7 @@ GROUPS = (
 )  # fmt: skip
 RUN_DIR_ENV = "ATTN_RUN_DIR"  # a run's directory, given by a sweep to its trials and by a run to its ranks
 CPUS_ENV = "ATTN_CPUS"  # the CPUs a sweep gives one trial
+PHASE_ENV = "ATTN_SWEEP_PHASE"  # a tuned sweep's phase of a trial (tune, final): recorded in results.json
 # The user's config directories (``--config-dir``; several joined by os.pathsep), searched after ``conf/``.
 CONFIG_DIR_ENV = "ATTN_CONFIG_DIR"
 

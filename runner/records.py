@@ -44,6 +44,8 @@ RECORD_KEYS = (
 )  # fmt: skip
 RESULTS = "results.json"
 CONFIG_KEY = "attn_config"  # the resolved config stored in every checkpoint
+FILES_KEY = "attn_files"  # in every checkpoint: SHA-1 of the run's files that a resume reads back
+READ_BACK = ("tokenizer.json",)  # a run directory's files a resumed run reads instead of rebuilding
 MANIFEST = "sweep.json"
 STOP_FILE = ".stopping"  # in a sweep directory: the sweep was told to stop, no further trial starts
 
@@ -72,6 +74,16 @@ def config_digest(config: dict[str, Any], ignore: tuple[str, ...]) -> str:
     """SHA-1 of the resolved config without the keys in ``ignore`` (those a resume may change)."""
     flat = {k: v for k, v in flatten(config).items() if not k.startswith(ignore)}
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digests(run_dir: str | Path) -> dict[str, str]:
+    """SHA-1 of each of a run directory's :data:`READ_BACK` files that exists."""
+    out = {}
+    for name in READ_BACK:
+        path = Path(run_dir) / name
+        if path.is_file():
+            out[name] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return out
 
 
 def config_changes(trained: dict[str, Any], now: dict[str, Any], ignore: tuple[str, ...]) -> list[str]:
@@ -415,11 +427,30 @@ class Manifest(_JsonView):
 
 
 def load_manifest(path: str | Path, strict: bool = True) -> Manifest:
-    """``sweep.json`` at ``path``, parsed and checked; ``ConfigError`` naming the file and the fault."""
+    """``sweep.json`` at ``path``, parsed and checked; ``ConfigError`` naming the file and the fault.
+
+    A manifest is data: every trial's ``run_dir`` must resolve (symbolic links followed) to a folder inside
+    the sweep directory (:func:`trial_dir`). ``strict``: a manifest with one that does not is refused in
+    one line, before anything is moved or written; not ``strict`` (the report): that trial is left out
+    and named in ``problems``."""
     try:
-        return Manifest.from_dict(json.loads(Path(path).read_text()), strict)
+        m = Manifest.from_dict(json.loads(Path(path).read_text()), strict)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable sweep manifest ({e}); restore it or start a new sweep") from e
+    kept = []
+    for t in m.trials:
+        try:
+            trial_dir(Path(path).parent, t.run_dir)
+        except ValueError as e:
+            if strict:
+                raise ConfigError(
+                    f"{path}: trial {t.id}: {e}; restore the manifest or start a new sweep"
+                ) from None
+            m.problems.append(f"trial {t.id}: {e}")
+            continue
+        kept.append(t)
+    m.trials = kept
+    return m
 
 
 def read_manifest(sweep_dir: str | Path) -> Manifest:
@@ -442,14 +473,27 @@ def locked_manifest(sweep_dir: str | Path) -> Iterator[Manifest]:
         manifest.write(path)
 
 
+def inside(root: str | Path, path: str | Path, what: str) -> Path:
+    """``path`` (relative to ``root``, or absolute) as a folder strictly inside ``root``, symbolic links
+    followed; ``ValueError`` naming ``what`` otherwise. A path read from a record is data: it may name its
+    own directory's contents, never a folder elsewhere (``/etc``, ``..``, a link out)."""
+    base = Path(root).resolve()
+    target = (base / path).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"{what} {str(path)!r} resolves to {target}, outside {base}")
+    return target
+
+
 def trial_dir(sweep_dir: str | Path, run_dir: str) -> Path:
-    """A trial's run directory from its ``run_dir`` in the manifest, relative to the sweep directory.
+    """A trial's run directory from its ``run_dir`` in the manifest, relative to the sweep directory;
+    ``ValueError`` when it resolves outside the sweep directory (:func:`inside`).
 
     Manifests written before paths were relative hold absolute paths; when such a sweep has been moved,
     the trial's directory is looked up under the sweep directory by its name.
     """
+    root = Path(sweep_dir).resolve()
     path = Path(run_dir)
-    if not path.is_absolute():
-        return Path(sweep_dir).resolve() / path
-    moved = Path(sweep_dir).resolve() / "trials" / path.name
-    return moved if not path.exists() and moved.exists() else path
+    if path.is_absolute():
+        moved = root / "trials" / path.name
+        path = moved if not path.exists() and moved.exists() else path
+    return inside(root, path, "run_dir")

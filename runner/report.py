@@ -27,6 +27,7 @@ from .aggregate import (
     PairedComparison,
     Verdict,
     aggregate_with_verdicts,
+    holm_family,
     paired_comparisons,
     split_metrics,
 )
@@ -34,7 +35,7 @@ from .collect import ALIASES, Run, Tuning
 from .errors import ConfigError
 from .figures import draw_all
 from .paths import now_iso
-from .stats import ALPHA, CHANCE, Stat, iqm, is_counter
+from .stats import ALPHA, BOOTSTRAP_MIN_N, CHANCE, POWER_MIN_N, Stat, iqm, is_counter, is_descriptive
 from .tune import TuneSpec, at_edge
 
 FORMATS = ("md", "html", "csv")
@@ -92,10 +93,16 @@ def _mark(g: Group) -> str:
     if r.at_chance:
         mark = f"{mark}; at chance".strip("; ")
     if r.p_improve is not None:
-        lo, hi = r.p_improve_ci or (math.nan, math.nan)
-        mark = f"{mark}; P(best>) {r.p_improve:.2f} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]".strip("; ")
+        if r.p_improve_ci is None:
+            interval = f"[n too small: < {BOOTSTRAP_MIN_N} runs]"
+        else:
+            interval = f"[{_fmt(r.p_improve_ci[0], 2)}, {_fmt(r.p_improve_ci[1], 2)}]"
+        mark = f"{mark}; P(best>) {r.p_improve:.2f} {interval}".strip("; ")
     if r.seeds_needed is not None:
-        mark = f"{mark}; 80% power at ~{r.seeds_needed} seeds/group".strip("; ")
+        at = f" (α = {r.power_alpha:.3g})" if r.power_alpha is not None else ""
+        mark = f"{mark}; 80% power at ~{r.seeds_needed} seeds/group{at}".strip("; ")
+    elif r.too_few_for_power:
+        mark = f"{mark}; seeds for 80% power: n too small (< {POWER_MIN_N} runs)".strip("; ")
     return mark
 
 
@@ -110,6 +117,8 @@ def _success_cell(g: Group) -> str:
 def _iqm_cell(stat: Stat | None) -> str:
     if stat is None or stat.n < 2:
         return "–"
+    if stat.n < BOOTSTRAP_MIN_N:
+        return f"{iqm(stat.values):.4f} [n too small]"
     lo, hi = stat.iqm_interval
     return f"{iqm(stat.values):.4f} [{_fmt(lo)}, {_fmt(hi)}]"
 
@@ -129,7 +138,7 @@ def table_rows(
     )
     header = [*group_by, *split_on, "n"]
     header += [m if is_counter(m) else f"{m} mean ± std [95% CI]" for m in metrics]
-    header += [f"{ranking} IQM [95% bootstrap]"] if robust else []
+    header += [f"{ranking} IQM [95% percentile bootstrap, n ≥ {BOOTSTRAP_MIN_N}]"] if robust else []
     header += ["solved [95% Wilson]"] if success else []
     header += [*(["chance"] if chance else []), "train s", "vs best"]
     tuned = any(r.tuned for g in groups for r in g.runs)
@@ -203,14 +212,16 @@ def paired_rows(comparisons: list[PairedComparison], group_by: tuple[str, ...]) 
         lo, hi = r.ci
         diff = f"{r.mean:+.4f}" + (f" [{lo:+.4f}, {hi:+.4f}]" if r.n >= 2 else " (n=1)")
         first, second = r.mean_a, r.mean_b
+        tested = not is_descriptive(c.metric)
         rows.append([*map(str, c.key[: len(group_by)]), c.metric, c.what, str(r.n), _fmt(first), _fmt(second),
-                     diff, _fmt(r.p, 3), _fmt(c.p_holm, 3)])  # fmt: skip
+                     diff, _fmt(r.p, 3) if tested else "not tested",
+                     _fmt(c.p_holm, 3) if tested else "–"])  # fmt: skip
     return rows
 
 
 PAIRED_CAPTION = (
     "The same checkpoints scored a second way, paired by seed: the mean of the per-seed differences with its"
-    " 95% t-interval, and the paired t-test (scipy's ttest_rel), Holm-corrected over this task's pairs."
+    " 95% t-interval, and the paired t-test (scipy's ttest_rel), Holm-corrected over {family}."
 )
 
 
@@ -245,6 +256,7 @@ class Report:
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     tunings: list[Tuning] = field(default_factory=list)
     tuning_runs: int = 0  # tuning trials read and left out of the results
+    notes: list[str] = field(default_factory=list)  # what the report did not draw, and why
 
 
 def report_metrics(runs: list[Run], metric: str) -> list[str]:
@@ -256,7 +268,7 @@ def report_metrics(runs: list[Run], metric: str) -> list[str]:
 
 def build(
     runs: list[Run],
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     *,
     metric: str | None = None,
     group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
@@ -266,14 +278,20 @@ def build(
     command: str | None = None,
     tunings: list[Tuning] | None = None,
 ) -> Report:
-    """Aggregate ``runs`` and write the report files into ``out_dir``. Tuning trials (``phase`` tune) are
-    left out of the results; ``tunings`` (:func:`attn.runner.collect.tunings`) adds their tables."""
+    """Aggregate ``runs`` and write the report files into ``out_dir`` (None: no files, the tables only).
+    Tuning trials (``phase`` tune) are left out of the results; ``tunings``
+    (:func:`attn.runner.collect.tunings`) adds their tables."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"unknown report format {bad[0]!r}; valid choices: {', '.join(FORMATS)}")
     tuning_runs = sum(r.phase == "tune" for r in runs)
     runs = [r for r in runs if r.phase != "tune"]
     completed = [r for r in runs if r.status == "completed"]
+    if not runs and tuning_runs:
+        raise ConfigError(
+            f"the {tuning_runs} runs found are tuning runs (phase=tune), which are never results: report the"
+            " sweep directory that holds them, whose report shows them in its tuning tables"
+        )
     if not runs:
         raise ConfigError("no runs found (no results.json or sweep.json)")
     if metric is not None and completed and not any(metric in r.metrics for r in completed):
@@ -286,8 +304,6 @@ def build(
                     f"{option} {key!r} is in no run's config; use a dotted config path"
                     f" or one of {', '.join(ALIASES)}"
                 )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     command = command or " ".join(shlex.quote(a) for a in ["attn", "report", *sys.argv[2:]])
     metric = metric or PRIMARY_METRICS[0]  # tasks without it are ranked by their own primary metric
     groups, verdicts = aggregate_with_verdicts(runs, metric, group_by, split_by)
@@ -295,10 +311,14 @@ def build(
     problems = [r for r in runs if r.status != "completed"]
     files: list[Path] = []
     images: dict[str, list[Path]] = {}
-    if plots and completed:
-        images = draw_all(groups, group_by, metric, out)
-        files += [p for ps in images.values() for p in ps]
     rep = Report(groups, runs, problems, files, metrics, command, verdicts, list(tunings or []), tuning_runs)
+    if out_dir is None:
+        return rep
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if plots and completed:
+        images, rep.notes = draw_all(groups, group_by, metric, out)
+        files += [p for ps in images.values() for p in ps]
     if "csv" in formats:
         files += _write_csv(rep, group_by, out)
     if "md" in formats:
@@ -323,19 +343,22 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
         )
     runs_csv = write_text_atomic(out / "runs.csv", buf.getvalue())
     paired_csv = []
-    comparisons = {split: paired_comparisons(gs, entropy=True) for split, gs in rep.groups.items()}
+    comparisons = {split: paired_comparisons(gs) for split, gs in rep.groups.items()}
     if any(comparisons.values()):
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["task", *group_by, "metric", "second", "n", "mean_first", "mean_second", "mean_diff",
-                    "ci_low", "ci_high", "p_paired", "p_holm"])  # fmt: skip
+                    "ci_low", "ci_high", "p_paired", "p_holm", "holm_family"])  # fmt: skip
         for split, cs in comparisons.items():
+            family = holm_family(cs)
             for c in cs:
                 r = c.result
                 lo, hi = r.ci
+                tested = not is_descriptive(c.metric)
                 p_holm = "" if c.p_holm is None else c.p_holm
                 w.writerow([split, *c.key[: len(group_by)], c.metric, c.other, r.n, r.mean_a,
-                            r.mean_b, r.mean, lo, hi, r.p, p_holm])  # fmt: skip
+                            r.mean_b, r.mean, lo, hi, r.p if tested else "", p_holm,
+                            family if tested else "not tested (descriptive)"])  # fmt: skip
         paired_csv = [write_text_atomic(out / "paired.csv", buf.getvalue())]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -370,7 +393,8 @@ def _robust_cells(g: Group, metric: str, num: Any) -> list[Any]:
     s, r = g.stats[metric], g.rank(metric)
     if is_counter(metric) or s.n < 1:
         return [""] * 7
-    lo, hi = s.iqm_interval if metric == g.metric else (math.nan, math.nan)
+    shown = metric == g.metric and s.n >= BOOTSTRAP_MIN_N  # below it the interval under-covers
+    lo, hi = s.iqm_interval if shown else (math.nan, math.nan)
     plo, phi = r.p_improve_ci or (math.nan, math.nan)
     return [iqm(s.values), num(lo), num(hi), num(r.p_improve), num(plo), num(phi), num(r.seeds_needed)]
 
@@ -444,7 +468,7 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
             lines += [
                 "### Scored two ways",
                 "",
-                PAIRED_CAPTION,
+                PAIRED_CAPTION.format(family=holm_family(pairs)),
                 "",
                 _markdown_table(paired_rows(pairs, group_by)),
                 "",
@@ -454,6 +478,7 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
         lines.append("")
     for img in images.get("", []):
         lines.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
+    lines += [f"- {n}" for n in rep.notes]
     for t in rep.tunings:
         rows, warnings = tuning_rows(t)
         lines += ["", f"## Tuning: {t.sweep_dir}", "", TUNING_CAPTION, ""]
@@ -500,6 +525,7 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
         parts.append(_html_table(table_rows(groups, group_by, split_metrics(groups), own), marks))
         parts += [img_tag(p) for p in images.get(split, [])]
     parts += [img_tag(p) for p in images.get("", [])]
+    parts += [f"<p>{html.escape(n)}</p>" for n in rep.notes]
     for t in rep.tunings:
         rows, warnings = tuning_rows(t)
         parts.append(f"<h2>Tuning: {html.escape(t.sweep_dir)}</h2><p>{html.escape(TUNING_CAPTION)}</p>")
@@ -566,6 +592,7 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
         "tasks": tasks,
         "provenance": [dict(zip(rows[0], row, strict=True)) for row in rows[1:]],
         "warnings": mixed_origins(rep.groups),
+        "notes": rep.notes,
         "tuning": [
             {
                 "sweep_dir": t.sweep_dir,

@@ -22,7 +22,7 @@ from .config import load
 from .errors import ConfigError
 from .machine import restart_count
 from .paths import RUN_DIR_ENV, resolve_run_dir
-from .records import CONFIG_KEY, RESULTS, config_changes, read_record, record_status
+from .records import CONFIG_KEY, FILES_KEY, RESULTS, config_changes, file_digests, read_record, record_status
 from .schema import check_devices, validate
 from .threads import ThreadPlan
 
@@ -124,6 +124,15 @@ def check_trained_config(root: Path, checkpoint: Path, saved: dict[str, Any]) ->
             raise ConfigError(
                 f"resume={root}: config.yaml is not the config that trained {checkpoint.name}: "
                 f"{', '.join(changes)}; restore it or start a new run"
+            )
+    files = ckpt.get(FILES_KEY)
+    if isinstance(files, dict):  # checkpoints of older versions hold no hashes
+        now = file_digests(root)
+        changed = sorted(name for name, digest in files.items() if now.get(name) != digest)
+        if changed:
+            raise ConfigError(
+                f"resume={root}: {', '.join(changed)} is not the file that trained {checkpoint.name} (its"
+                " SHA-1 differs, or it is gone); restore it or start a new run"
             )
     step = ckpt.get("global_step")
     return int(step) if isinstance(step, int) else None

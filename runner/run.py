@@ -46,10 +46,20 @@ from .checkpoints import (
 )
 from .errors import ConfigError
 from .machine import cpu_name, is_rank_zero
-from .paths import RUN_DIR_ENV, config_dirs, resolve_run_dir
+from .paths import PHASE_ENV, RUN_DIR_ENV, config_dirs, resolve_run_dir
 from .plugins import loaded_plugins
 from .provenance import provenance
-from .records import RESULTS, DirLock, Record, RunRecord, config_digest, flatten, read_record, record_status
+from .records import (
+    RESULTS,
+    DirLock,
+    Record,
+    RunRecord,
+    config_digest,
+    file_digests,
+    flatten,
+    read_record,
+    record_status,
+)
 from .resume import RESUMABLE_KEYS, Resume
 from .signals import RunInterrupted, SignalStop
 from .threads import ThreadPlan, apply_torch, thread_plan
@@ -296,6 +306,7 @@ def fit_and_test(
     extra = record.data.extra
     extra["config_sha1"] = config_digest(container, RESUMABLE_KEYS)
     dm.save(str(run_dir))
+    module.attn_files = file_digests(run_dir)  # and the files it reads back (a subword model)
     history = metric_history(run_dir, resume.step) if resume and record.write else []
     if resume is not None:  # the directory is meant to be there: its metric rows are kept (keep_history)
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
@@ -335,7 +346,8 @@ def fit_and_test(
     if lengths is not None and hasattr(dm, "at_length") and trainer.is_global_zero:
         data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}
         adaptive = bool(cfg.task.get("eval_adaptive", False))
-        metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size, adaptive=adaptive))
+        logn = bool(cfg.task.get("eval_logn", False))
+        metrics.update(evaluate_at_lengths(module.net, data, dm.batch_size, adaptive=adaptive, logn=logn))
     record.data.best_checkpoint = best
     extra["predictions"] = getattr(module, "prediction_info", None)
     for logger in loggers:
@@ -405,6 +417,10 @@ def _start_record(
     record = RunRecord(run_dir, OmegaConf.to_container(cfg, resolve=True), write=rank0, attempts=attempts)
     record.data.extra["provenance"] = {**provenance(), **_user_code(cfg)}
     record.data.extra["threads"] = threads.as_dict()
+    if os.environ.get(
+        PHASE_ENV
+    ):  # a trial of a tuned sweep: a tuning run is never a result, wherever it lies
+        record.data.extra["phase"] = os.environ[PHASE_ENV]
     if resume is not None:
         record.data.extra["resumed_from"] = str(resume.checkpoint)
     return record

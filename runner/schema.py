@@ -7,9 +7,11 @@ against the annotations of the class they build.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +25,12 @@ from attn.datamodules.subword import TOKENIZERS
 from .errors import ConfigError
 from .machine import cpu_has_bf16
 from .plugins import load_plugins
+from .stats import metric_range
 
 THREADS_CHOICES = "'auto', 'torch' or an integer >= 1"
+# The largest subword vocabulary: 4x the largest of today's language models (Gemma's 256,000 pieces); the
+# tokenizers library aborts the process (a Rust panic, no Python error) at ~1e9.
+MAX_VOCAB = 2**20
 
 
 @dataclass
@@ -276,10 +282,10 @@ def _check_tokenizer(task: DictConfig) -> None:
             f"task.tokenizer={task.tokenizer!r} is unknown; valid choices: {', '.join(TOKENIZERS)}"
         )
     size = task.get("vocab_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_VOCAB:
         raise ConfigError(
-            f"task.vocab_size={size!r} is invalid: must be an integer >= 8 (the subword vocabulary, with its"
-            " 4 special tokens)"
+            f"task.vocab_size={size!r} is invalid: must be an integer from 8 to {MAX_VOCAB:,} (the subword"
+            " vocabulary, with its 4 special tokens)"
         )
 
 
@@ -312,6 +318,12 @@ def _load_plugins(cfg: DictConfig) -> None:
     if "plugins" in cfg or named:
         with _open(cfg):
             cfg.plugins = named
+
+
+@functools.cache
+def _note_once(line: str) -> None:
+    """Print ``line`` to stderr once per process (a sweep validates every trial's config)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -425,8 +437,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     if solved_at is not None and not (_number(solved_at) and math.isfinite(solved_at)):
         raise ConfigError(f"task.solved_at={solved_at!r} is invalid: must be a number (the main test metric's"
                           " value that counts a run as solved) or null")  # fmt: skip
-    if not isinstance(cfg.task.get("eval_adaptive", False), bool):
-        raise ConfigError(f"task.eval_adaptive={cfg.task.eval_adaptive!r} is invalid: must be true or false")
+    if solved_at is not None:
+        # the task's main test metric: task.metric where it is set (translation: test/bleu), else the test
+        # value of its monitor (val/acc -> test/acc)
+        metric = str(cfg.task.get("metric") or "test/" + str(cfg.task.monitor).split("/", 1)[-1])
+        low, high = metric_range(metric)
+        if not low <= solved_at <= high:
+            raise ConfigError(
+                f"task.solved_at={solved_at!r} is outside the range of {metric} ({low:g} to {high:g}):"
+                " give the value of the main test metric that counts a run as solved, or null"
+            )
+    for key in ("eval_adaptive", "eval_logn"):
+        if not isinstance(cfg.task.get(key, False), bool):
+            raise ConfigError(f"task.{key}={cfg.task[key]!r} is invalid: must be true or false")
     lengths = cfg.task.get("eval_lengths")
     if lengths is not None and not (
         isinstance(lengths, ListConfig)
@@ -441,10 +464,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key, node in cfg.task.items():
         if isinstance(node, DictConfig) and "_target_" in node:
             _check_target(f"task.{key}", node)
+    target = str(cfg.task.datamodule.get("_target_", ""))
+    module, _, name = target.rpartition(".")
+    variable = hasattr(getattr(importlib.import_module(module), name, None), "at_length")
+    if t == "logn" and not variable:
+        _note_once(
+            f"note: temperature=logn multiplies the logits by max(1, ln n / ln L), L the training length;"
+            f" task={cfg.task.name} never shows a query more than L keys, so this run is the T = 1 run"
+        )
     if lengths:
-        target = str(cfg.task.datamodule.get("_target_", ""))
-        module, _, name = target.rpartition(".")
-        if not hasattr(getattr(importlib.import_module(module), name, None), "at_length"):
+        if not variable:
             raise ConfigError(
                 f"task.eval_lengths={list(lengths)}: task={cfg.task.name} has no variable length; it applies"
                 " to mqar, max_retrieval and selective_copy"

@@ -29,13 +29,14 @@ from omegaconf import OmegaConf
 
 from attn.datamodules.files import write_text_atomic
 
-from .config import load
+from .config import check_config_dirs, load
 from .errors import ConfigError
 from .machine import available_cpus
 from .paths import (
     CONF_DIR,
     CONFIG_DIR_ENV,
     CPUS_ENV,
+    PHASE_ENV,
     RUN_DIR_ENV,
     config_dirs,
     find_option,
@@ -52,6 +53,7 @@ from .records import (
     Manifest,
     Trial,
     config_digest,
+    inside,
     locked_manifest,
     read_manifest,
     read_record,
@@ -61,6 +63,7 @@ from .records import (
 from .slurm import forward_preemption, queue_states, register_launcher
 from .tune import (
     FINAL,
+    NOT_RUN,
     TUNE,
     TuneSpec,
     apply_selection,
@@ -70,6 +73,7 @@ from .tune import (
     check_seeds,
     parse_spec,
     phase,
+    recorded_selection,
     seed_of,
     spec_of,
     tuning_open,
@@ -407,15 +411,50 @@ def tuning_trials(spec: TuneSpec, finals: list[tuple[list[str], dict[str, str], 
     return out
 
 
-def trial_environment(m: Manifest) -> dict[str, str]:
-    """The environment a trial inherits from its sweep: the user's config directories (``--config-dir``)
-    and the plugins of ``ATTN_PLUGINS`` when the sweep was created."""
-    env = {}
-    if m.extra.get("config_dirs"):
-        env[CONFIG_DIR_ENV] = os.pathsep.join(m.extra["config_dirs"])
-    if m.extra.get("env_plugins"):
-        env[PLUGINS_ENV] = ",".join(m.extra["env_plugins"])
-    return env
+def trial_environment(m: Manifest, root: Path) -> dict[str, str]:
+    """The environment a trial inherits from its sweep: the sweep's copies of the user's config directories
+    (``--config-dir``, see :func:`copy_config_dirs`) and exactly the plugins of ``ATTN_PLUGINS`` when the
+    sweep was created (none: empty), whatever the environment of this process holds."""
+    dirs = [str(config_copy(root, d)) for d in m.extra.get("config_dirs") or []]
+    return {CONFIG_DIR_ENV: os.pathsep.join(dirs), PLUGINS_ENV: ",".join(m.extra.get("env_plugins") or [])}
+
+
+CONFIG_COPIES = "config"  # in a sweep directory: the copies of the user's config directories
+
+
+def config_copy(root: Path, recorded: str) -> Path:
+    """A config directory the manifest records, which must be the sweep's own copy (``config/<i>``);
+    ``ConfigError`` otherwise (a manifest written before the copies, or edited)."""
+    try:
+        return inside(root, recorded, "config directory")
+    except ValueError as e:
+        raise ConfigError(
+            f"{root / MANIFEST}: {e}; resume with --config-dir DIR to give the config directory again"
+        ) from None
+
+
+def copy_config_dirs(root: Path) -> list[str]:
+    """Copy the YAML files of the user's config directories (``--config-dir``) into ``<sweep>/config/<i>``
+    and return those copies relative to the sweep: the sweep's trials compose with them, so the sweep runs
+    as planned wherever the originals go (and a manifest names no folder outside its sweep)."""
+    import shutil
+
+    copies = []
+    base = root / CONFIG_COPIES
+    taken = {p.name for p in base.iterdir()} if base.is_dir() else set()
+    n = 0
+    for source in config_dirs():
+        while str(n) in taken:
+            n += 1
+        dest = base / str(n)
+        taken.add(str(n))
+        for path in sorted(p for depth in ("*.yaml", "*/*.yaml", "*/*/*.yaml") for p in source.glob(depth)):
+            target = dest / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+        dest.mkdir(parents=True, exist_ok=True)
+        copies.append(f"{CONFIG_COPIES}/{n}")
+    return copies
 
 
 def _positive_int(key: str, value: str) -> int:
@@ -533,9 +572,12 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
             # How often SLURM restarted this job: the sweep reports a requeue when this grows.
             if "SLURM_JOB_ID" in os.environ:
                 trial.extra["slurm_restarts"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        sweep_name, inherited = m.name, trial_environment(m)
+        sweep_name, inherited = m.name, trial_environment(m, root)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **inherited, RUN_DIR_ENV: str(run_dir)}
+    env.pop(PHASE_ENV, None)
+    if phase(trial):
+        env[PHASE_ENV] = str(phase(trial))
     if cpus:
         env[CPUS_ENV] = str(cpus)
     t0 = time.perf_counter()
@@ -570,10 +612,11 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     try:
         record = read_record(run_dir / "results.json")
         status, error, duration = record.status, record.error, record.duration_s
-    except ValueError:
-        stopped = (-signal.SIGINT, 130, -signal.SIGTERM, 143)
-        status = "interrupted" if code in stopped else "failed"
-        error, duration = f"attn train exited with {code}: {_last_line(log)}", None
+    except ValueError:  # no record: killed before it could write one, or it crashed hard
+        status, duration = _without_record(code), None
+        error = f"attn train exited with {code}: {_last_line(log)}"
+        if status == "interrupted":
+            error = f"attn train was stopped from outside (exit {code}) before it wrote its record; resumable"
     with locked_manifest(root) as m:
         trial = m.trial(tid)
         trial.update(
@@ -584,6 +627,18 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
         raise KeyboardInterrupt
     after_preemption()  # submitit's time-out signal: now that the trial has saved, submitit requeues the job
     return status
+
+
+# Signals that stop a process from outside (a user, the OOM killer, a scheduler): the trial did not fail,
+# it was interrupted, and --resume continues it from its last checkpoint. Any other death is a crash.
+OUTSIDE_STOPS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _without_record(code: int) -> str:
+    """The status of a trial whose ``attn train`` left no record: ``interrupted`` when a signal from
+    outside ended it (``kill -9`` too: exit -9, or 128 + 9 through a shell), else ``failed``."""
+    signum = -code if code < 0 else code - 128 if code > 128 else 0
+    return "interrupted" if signum in OUTSIDE_STOPS else "failed"
 
 
 @contextlib.contextmanager
@@ -664,10 +719,31 @@ def launch(sweep_dir: str | Path) -> Manifest:
         if unfinished or (root / STOP_FILE).exists():  # stopped: select when every tuning trial has ended
             return m
         with locked_manifest(root) as m:
-            chosen = apply_selection(m, root)
+            restored = recorded_selection(m)
+            chosen, unselected = apply_selection(m, root)
+            table, monitor = m.extra["tuning"], next(t.extra["monitor"] for t in m.trials if phase(t) == TUNE)
         for arm, candidate in chosen.items():
-            print(f"selected for {arm}: {' '.join(as_overrides(candidate))}", flush=True)
+            print(selection_line(arm, candidate, table.get(arm, []), monitor, arm in restored), flush=True)
+        for arm, why in unselected.items():
+            print(
+                f"nothing selected for {arm}: {why}; its final trials do not run", file=sys.stderr, flush=True
+            )
     return launch_trials(root, FINAL)
+
+
+def selection_line(
+    arm: str, candidate: dict[str, str], rows: list[dict[str, Any]], monitor: str, restored: bool
+) -> str:
+    """``selected for <arm>: <values> (<monitor>, mean over the tuning seeds: <candidate score>, ...)``."""
+    scores = []
+    for r in rows:
+        value = "failed" if r.get("mean") is None else f"{r['mean']:.4f}"
+        mark = " <-" if r["candidate"] == candidate else ""
+        scores.append(f"{' '.join(f'{v}' for v in r['candidate'].values())}: {value}{mark}")
+    how = (
+        "restored from its final trials' own values" if restored else f"{monitor}, mean over the tuning seeds"
+    )
+    return f"selected for {arm}: {' '.join(as_overrides(candidate))} ({how}: {'; '.join(scores)})"
 
 
 def launch_trials(sweep_dir: str | Path, only: str | None = None) -> Manifest:
@@ -680,8 +756,8 @@ def launch_trials(sweep_dir: str | Path, only: str | None = None) -> Manifest:
     with locked_manifest(root) as m:
         todo = []
         for t in m.trials:
-            if (only is not None and phase(t) != only) or t.extra.get("told"):
-                continue  # another phase, or an Optuna candidate whose result its study has been told
+            if (only is not None and phase(t) != only) or t.extra.get("told") or t.extra.get(NOT_RUN):
+                continue  # another phase, an Optuna candidate its study knows, an arm that selected nothing
             if trial_done(root, t, warn=True):
                 t.status = "completed"
             else:
@@ -774,10 +850,22 @@ def _stop_handler(root: Path) -> Any:
         for t in trials:
             pid = t.extra.get("pid")
             if t.status == "running" and t.extra.get("host") == host and isinstance(pid, int):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGTERM)
+                if _runs_trial(pid, root, t):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGTERM)
 
     return handle
+
+
+def _runs_trial(pid: int, root: Path, trial: Trial) -> bool:
+    """Whether process ``pid`` is this trial's ``attn train`` (its ``ATTN_RUN_DIR`` is the trial's run
+    directory): a pid read from the manifest is data, and only the trial's own process is ever signalled."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        run_dir = trial_dir(root, trial.run_dir)
+    except (OSError, ValueError):
+        return False
+    return f"{RUN_DIR_ENV}={run_dir}".encode() in environ
 
 
 def stopped(sweep_dir: str | Path) -> str | None:
@@ -799,6 +887,8 @@ def start(
     if (root / MANIFEST).exists():
         raise ConfigError(f"{root} already holds a sweep; resume it with attn sweep --resume {root}")
     root.mkdir(parents=True, exist_ok=True)
+    if config_dirs():
+        manifest.extra["config_dirs"] = copy_config_dirs(root)
     manifest.write(root / MANIFEST)
     return root
 
@@ -825,6 +915,85 @@ def _apply_resume_settings(m: Manifest, args: list[str]) -> None:
     m.launcher_overrides = launcher_overrides(launcher, merged)
     m.launcher = launcher
     m.n_jobs = _positive_int("n_jobs", settings.get("n_jobs", str(m.n_jobs)))
+
+
+def lock_sweep(sweep_dir: str | Path, finishing: bool) -> DirLock | None:
+    """The lock held by the one ``attn sweep`` process of a sweep directory. A directory that cannot be
+    written (a read-only mount, no permission) is one line, except when ``finishing`` (``--resume``) a
+    sweep whose every trial has completed: nothing is left to run, and None is returned."""
+    root = Path(sweep_dir).resolve()
+    try:
+        return DirLock(root, SWEEP_LOCK, "sweep directory").acquire()
+    except OSError as e:
+        m = read_manifest(root)
+        if finishing and all(trial_done(root, t) for t in m.trials):
+            return None
+        raise ConfigError(
+            f"cannot write the sweep directory {root} ({e.strerror or e}): --resume and --extend need it"
+            f" writable; attn report {root} --out DIR reads it as it is"
+        ) from None
+
+
+def open_existing(sweep_dir: str | Path, config_dir_given: bool) -> Manifest:
+    """Check an existing sweep before ``--resume``/``--extend`` touches it; returns its manifest.
+
+    Its manifest must name only its own folders (:func:`attn.runner.records.load_manifest`), and the code
+    its trials load must be code the user gives now: a manifest never decides what is imported, so the
+    plugins it names (``ATTN_PLUGINS`` at creation, ``plugins=`` in its trials' overrides) must be in this
+    process's ``ATTN_PLUGINS``; a tuned sweep's final trials must agree with its selection. Its config
+    directories are its own copies (``config/<i>``), used for
+    every config composed from here on, unless ``--config-dir`` was given again (see
+    :func:`replace_config_dirs`). ``ConfigError`` in one line otherwise."""
+    root = Path(sweep_dir).resolve()
+    m = read_manifest(root)
+    recorded_selection(m)  # a selection that its final trials contradict is refused here
+    named = [*(m.extra.get("env_plugins") or []), *_override_plugins(m)]
+    given = {canonical(p) for p in env_plugins()}
+    missing = list(dict.fromkeys(p for p in named if canonical(str(p)) not in given))
+    if missing:
+        shown = ",".join(map(str, missing))
+        raise ConfigError(
+            f"{root / MANIFEST} names plugins {shown}; attn imports a plugin only when you give it, never"
+            f" because a file names it: resume with {PLUGINS_ENV}={shown}"
+        )
+    if not config_dir_given and m.extra.get("config_dirs"):
+        dirs = [str(config_copy(root, d)) for d in m.extra["config_dirs"]]
+        os.environ[CONFIG_DIR_ENV] = os.pathsep.join(dirs)
+    return m
+
+
+def _override_plugins(m: Manifest) -> list[str]:
+    """The plugins the trials' overrides name (``plugins=[a,b]``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found: list[str] = []
+    parser = OverridesParser.create()
+    for t in m.trials:
+        for o in t.overrides:
+            if o.partition("=")[0].lstrip("+~") != "plugins":
+                continue
+            try:
+                value = parser.parse_override(o).value()
+            except Exception:  # a value Hydra cannot parse names nothing it would load
+                continue
+            found += [str(v) for v in (value if isinstance(value, list) else [value])]
+    return found
+
+
+def replace_config_dirs(sweep_dir: str | Path) -> list[str]:
+    """``--config-dir`` with ``--resume``/``--extend``: copy the given directories into the sweep and record
+    them as the ones its trials compose with from now on (the earlier ones stay listed in
+    ``config_dirs_given``); returns the copies."""
+    root = Path(sweep_dir).resolve()
+    check_config_dirs()  # each exists and adds options only
+    with locked_manifest(root) as m:
+        copies = copy_config_dirs(root)
+        m.extra.setdefault("config_dirs_given", []).append(
+            {"dirs": [str(p) for p in config_dirs()], "copies": copies, "at": now_iso()}
+        )
+        m.extra["config_dirs"] = copies
+    os.environ[CONFIG_DIR_ENV] = os.pathsep.join(str(root / c) for c in copies)
+    return copies
 
 
 def resume_settings(sweep_dir: str | Path, args: list[str]) -> None:

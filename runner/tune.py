@@ -169,9 +169,28 @@ def _grid_values(key: str, text: str) -> list[str]:
     except (HydraException, ValueError, TypeError) as e:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"--tune {key}={text} is invalid: {why}") from None
-    if len(values) < 2:
-        raise ConfigError(f"--tune {key}={text}: a tuned key needs at least two candidates")
-    return list(dict.fromkeys(values))
+    distinct = distinct_values(key, values)
+    if len(distinct) < 2:
+        merged = f" ({text} names one value: {distinct[0]})" if len(values) > 1 else ""
+        raise ConfigError(f"--tune {key}={text}: a tuned key needs at least two distinct candidates{merged}")
+    return distinct
+
+
+def distinct_values(key: str, values: list[str]) -> list[str]:
+    """``values`` with those that name one value dropped (``1,1.0`` and ``1e-3,0.001`` are one candidate,
+    as they compose to one config), the first spelling kept."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    seen: dict[Any, str] = {}
+    for v in values:
+        try:
+            parsed = parser.parse_override(f"{key}={v}").value()
+        except Exception:  # Hydra cannot read it alone: compare it as written
+            parsed = v
+        number = isinstance(parsed, int | float) and not isinstance(parsed, bool)
+        seen.setdefault(("number", float(parsed)) if number else ("text", str(parsed)), v)
+    return list(seen.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,12 +275,15 @@ def tuning_table(m: Manifest, sweep_dir: str | Path) -> dict[str, list[dict[str,
 
 
 def select(table: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
-    """Per arm the candidate with the best mean; ties (and an arm whose candidates all failed) go to the
-    earlier candidate."""
+    """Per arm the candidate with the best mean; ties go to the earlier candidate. An arm none of whose
+    candidates has a finite mean (every one failed) gets no selection: it is left out."""
     chosen = {}
     for arm, rows in table.items():
-        best = rows[0]
-        for row in rows[1:]:
+        scored = [r for r in rows if math.isfinite(r["mean"])]
+        if not scored:
+            continue
+        best = scored[0]
+        for row in scored[1:]:
             better = row["mean"] > best["mean"] if row["mode"] == "max" else row["mean"] < best["mean"]
             if better:
                 best = row
@@ -282,16 +304,73 @@ def tuning_open(m: Manifest) -> bool:
     return spec_of(m) is not None and "selected" not in m.extra
 
 
-def apply_selection(m: Manifest, sweep_dir: str | Path) -> dict[str, dict[str, str]]:
-    """Select per arm from the tuning trials' records and give the final trials their selected values;
-    written into the manifest (``selected``, ``tuning``). The choice is final once made."""
-    table = tuning_table(m, sweep_dir)
-    chosen = select(table)
+NOT_RUN = "not_run"  # a final trial's mark: its arm selected nothing, so it never runs
+
+
+def recorded_selection(m: Manifest) -> dict[str, dict[str, str]]:
+    """Per arm, the tuned values its final trials carry in their own overrides (what they trained, or will
+    train, at); ``ConfigError`` in one line when an arm's final trials disagree with each other or with the
+    manifest's ``selected``. A final trial's own values always win over the manifest's summary."""
+    spec = spec_of(m)
+    if spec is None:
+        return {}
+    found: dict[str, dict[str, str]] = {}
     for t in m.trials:
-        if phase(t) == FINAL and t.extra["arm"] in chosen:
-            t.overrides = [*t.overrides, *as_overrides(chosen[t.extra["arm"]])]  # no tuned key there yet
-            t.extra["selected"] = chosen[t.extra["arm"]]
+        if phase(t) != FINAL:
+            continue
+        own = {}
+        for o in t.overrides:
+            key, _, value = o.partition("=")
+            if key.lstrip("+") in spec.keys:
+                own[key.lstrip("+")] = value
+        if not own:
+            continue
+        arm = str(t.extra.get("arm"))
+        if arm in found and found[arm] != own:
+            raise ConfigError(
+                f"sweep.json: the final trials of {arm} carry different tuned values ({found[arm]} and trial"
+                f" {t.id}: {own}); restore the manifest or start a new sweep"
+            )
+        found[arm] = own
+    selected = m.extra.get("selected")
+    if isinstance(selected, dict):
+        for arm, own in found.items():
+            if arm in selected and selected[arm] != own:
+                raise ConfigError(
+                    f"sweep.json: the selection for {arm} ({selected[arm]}) is not what its final trials"
+                    f" carry ({own}); restore the manifest or start a new sweep"
+                )
+    return found
+
+
+def apply_selection(m: Manifest, sweep_dir: str | Path) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Select per arm from the tuning trials' records and give the final trials their selected values;
+    written into the manifest (``selected``, ``tuning``). The choice is final once made: final trials that
+    already carry tuned values (a manifest whose ``selected`` was lost) keep them, and the selection is
+    restored from them. Returns the selection and, per arm that selected nothing, why (its final trials
+    are marked not to run)."""
+    table = tuning_table(m, sweep_dir)
+    chosen = {**select(table), **recorded_selection(m)}
+    unselected = {
+        arm: f"every one of its {len(rows)} tuning candidates failed (diverged, crashed or scored nothing)"
+        for arm, rows in table.items()
+        if arm not in chosen
+    }
+    for t in m.trials:
+        if phase(t) != FINAL:
+            continue
+        arm = t.extra["arm"]
+        if arm in chosen:
+            keys = {o.partition("=")[0].lstrip("+") for o in t.overrides}
+            if not keys & set(chosen[arm]):
+                t.overrides = [*t.overrides, *as_overrides(chosen[arm])]
+            t.extra["selected"] = chosen[arm]
+        elif arm in unselected:
+            t.update(status="failed", error=f"not run: {arm} selected nothing: {unselected[arm]}")
+            t.extra[NOT_RUN] = True
     m.extra["selected"] = chosen
+    if unselected:
+        m.extra["unselected"] = unselected
     m.extra["tuning"] = {
         arm: [
             {"candidate": r["candidate"], "mean": _finite(r["mean"]), "n": r["n"], "failed": r["failed"]}
@@ -299,7 +378,7 @@ def apply_selection(m: Manifest, sweep_dir: str | Path) -> dict[str, dict[str, s
         ]
         for arm, rows in table.items()
     }
-    return chosen
+    return chosen, unselected
 
 
 def _finite(x: float) -> float | None:

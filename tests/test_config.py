@@ -102,8 +102,12 @@ BAD = [
     ("+trainer.max_epochs=3", "already exists", "trainer.max_epochs=3"),
     ("model.positions=learned", "model.positions='learned' is unknown", "sinusoidal, none, rope, alibi"),
     ("task.tokenizer=chars", "task.tokenizer='chars' is unknown", "word, bpe, unigram"),
-    ("task.tokenizer=bpe task.vocab_size=abc", "task.vocab_size='abc' is invalid", ">= 8"),
+    ("task.tokenizer=bpe task.vocab_size=abc", "task.vocab_size='abc' is invalid", "from 8 to"),
     ("task=mqar task.solved_at=high", "task.solved_at='high' is invalid", "a number"),
+    ("task=mqar task.solved_at=1.5", "task.solved_at=1.5 is outside the range of test/acc", "(0 to 1)"),
+    ("task=mqar task.solved_at=-3", "task.solved_at=-3 is outside the range of test/acc", "null"),
+    ("task=translation task.solved_at=101", "task.solved_at=101 is outside", "test/bleu (0 to 100)"),
+    ("task.tokenizer=bpe task.vocab_size=1000000000", "vocab_size=1000000000 is invalid", "8 to 1,048,576"),
     ("task=mqar task.eval_adaptive=maybe", "task.eval_adaptive='maybe' is invalid", "true or false"),
     ("plugins=3", "plugins=3 is invalid", "plugins=[my_attn]"),
     (
@@ -112,6 +116,11 @@ BAD = [
         "ModuleNotFoundError",
     ),
 ]
+
+
+def test_solved_at_is_checked_against_the_tasks_main_metric():
+    assert load(["task=translation", "task.solved_at=50"]).task.solved_at == 50  # BLEU, 0-100
+    assert load(["task=mqar", "task.solved_at=0.5"]).task.solved_at == 0.5
 
 
 @pytest.mark.parametrize("overrides, first, second", BAD)

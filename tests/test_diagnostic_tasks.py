@@ -319,7 +319,7 @@ def test_presets_of_the_diagnostic_tasks_compose(tmp_path):
         ("mqar_kinds", 18, 0),
         ("max_retrieval_temperature", 21, 3),
         ("hard_tasks", 36, 0),
-        ("length_generalisation", 72, 0),
+        ("length_generalisation", 48, 0),
     ],
 )
 def test_study_presets_plan_within_their_budget(preset, trials, skipped):

@@ -44,11 +44,44 @@ def test_paired_comparisons_pair_by_run_and_correct_over_the_task():
     runs = [run(s, a, b) for s, (a, b) in enumerate(zip(A, B, strict=True))]
     runs += [run(s, 0.5, None, temperature=2.0) for s in range(3)]  # no second score: not compared
     groups = aggregate(runs, "test/acc")["mqar"]
-    (c,) = paired_comparisons(groups)
+    c, entropy = paired_comparisons(groups)
     assert (c.metric, c.other, c.what) == ("test/acc@64", "test/adaptive_acc@64", "adaptive temperature")
     assert c.result.p == pytest.approx(sps.ttest_rel(B, A).pvalue) and c.p_holm == pytest.approx(c.result.p)
-    both = paired_comparisons(groups, entropy=True)
-    assert len(both) == 2 and both[1].p_holm is None  # entropy: the same shift every seed, untestable
+    assert entropy.metric == "test/entropy@64/l0" and entropy.p_holm is None  # descriptive: not tested
+
+
+def test_one_holm_family_in_the_markdown_and_the_csv(tmp_path):
+    """Issue 32 §16: report.md and paired.csv correct over the same family (the score pairs, not the
+    entropies), and both name it."""
+    import csv
+
+    from attn.runner.report import build
+
+    rng = [0.01, 0.03, -0.02, 0.04, 0.02]
+    runs = []
+    for s, (a, b) in enumerate(zip(A, B, strict=True)):
+        r = run(s, a, b)
+        r.metrics |= {"test/acc@32": a + 0.1, "test/adaptive_acc@32": a + 0.1 + rng[s]}
+        r.metrics |= {"test/entropy@64/l0": 1.0 + rng[s], "test/adaptive_entropy@64/l0": 0.5 - rng[s]}
+        runs.append(r)
+    build(runs, tmp_path, plots=False)
+    rows = list(csv.DictReader((tmp_path / "paired.csv").open()))
+    scores = [r for r in rows if "entropy" not in r["metric"]]
+    entropies = [r for r in rows if "entropy" in r["metric"]]
+    raw = [float(r["p_paired"]) for r in scores]
+    expected = sorted(raw)
+    holm = [min(1.0, (len(raw) - i) * p) for i, p in enumerate(expected)]
+    holm = [max(holm[: i + 1]) for i in range(len(holm))]
+    by_p = dict(zip(expected, holm, strict=True))
+    assert [float(r["p_holm"]) for r in scores] == pytest.approx([by_p[p] for p in raw])
+    assert len(scores) == 2 and all(r["p_holm"] == "" and r["p_paired"] == "" for r in entropies)
+    assert {r["holm_family"] for r in scores} == {
+        "this task's 2 paired comparison(s) of scores (entropies, which describe, are not tested)"
+    }
+    md = (tmp_path / "report.md").read_text()
+    for r in scores:  # the markdown shows the same Holm values
+        assert f"{float(r['p_holm']):.3f}" in md
+    assert "Holm-corrected over this task's 2 paired comparison(s) of scores" in md
 
 
 def test_the_report_shows_the_paired_table(tmp_path):

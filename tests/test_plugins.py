@@ -194,7 +194,8 @@ def make_config_dir(root: Path) -> Path:
 
 
 def test_config_dir_options_compose_and_sweep_presets_plan(tmp_path, monkeypatch):
-    from attn.runner.sweep import plan, trial_environment
+    from attn.runner.records import read_manifest
+    from attn.runner.sweep import plan, start, trial_environment
 
     write_plugin(tmp_path, "plug_cfg", "plug_cfg_kind")
     conf = make_config_dir(tmp_path)
@@ -205,8 +206,9 @@ def test_config_dir_options_compose_and_sweep_presets_plan(tmp_path, monkeypatch
     monkeypatch.setenv(plugins.PLUGINS_ENV, "plug_cfg")
     manifest, _ = plan(["sweep=plug_study"])
     assert len(manifest.trials) == 4
-    assert trial_environment(manifest) == {
-        CONFIG_DIR_ENV: str(conf), plugins.PLUGINS_ENV: "plug_cfg"
+    root = start(["sweep=plug_study"], str(tmp_path / "s"), False)  # the trials use the sweep's own copy
+    assert trial_environment(read_manifest(root), root) == {
+        CONFIG_DIR_ENV: str(root / "config" / "0"), plugins.PLUGINS_ENV: "plug_cfg"
     }  # fmt: skip
     monkeypatch.delenv(CONFIG_DIR_ENV)
     with pytest.raises(ConfigError, match="unknown attention 'plug_cfg_option'"):

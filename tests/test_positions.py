@@ -68,10 +68,12 @@ def test_alibi_bias_is_minus_slope_times_distance():
 
 
 def plain_attention(q, k, v, bias, mask, factor=None):
-    """softmax((q.k / sqrt(D) + bias) * factor) v in float64, masked keys at -inf, empty rows zero."""
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + bias
+    """softmax(q.k / sqrt(D) * factor + bias) v in float64 (the factor scales q.k, never the position bias),
+    masked keys at -inf, empty rows zero."""
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     if factor is not None:
         scores = scores * factor
+    scores = scores + bias
     scores = scores.masked_fill(~mask, float("-inf"))
     rows = mask.any(-1, keepdim=True)
     w = torch.softmax(scores.masked_fill(~rows, 0.0), dim=-1) * rows
@@ -110,7 +112,8 @@ def test_alibi_with_a_temperature_divides_the_whole_logit_fused_or_not():
     q, k, v = (torch.randn(1, 2, 5, 4, dtype=D64) for _ in range(3))
     bias = alibi_bias(2, 5, 5).double()
     t = torch.tensor([0.5, 2.0], dtype=D64)[:, None, None]
-    ref, _ = plain_attention(q, k, v, bias, torch.ones(5, 5, dtype=torch.bool), factor=1 / t)
+    # a fixed temperature divides q.k and the bias alike: softmax((q.k / sqrt(D) + b) / T)
+    ref, _ = plain_attention(q, k, v, bias / t, torch.ones(5, 5, dtype=torch.bool), factor=1 / t)
     for fused in (None, False):
         out, _ = get_attention("scaled_dot")(q, k, v, temperature=t, fused=fused, position_bias=bias)
         assert torch.allclose(out, ref, atol=1e-10)
@@ -163,6 +166,55 @@ def test_length_scaled_temperature_in_the_block_matches_the_formula(rule, fused)
     ref, _ = plain_attention(q, k, v, torch.zeros(()), full, factor)
     ref = mha.out_proj(ref.transpose(1, 2).reshape(2, 6, 16))
     assert torch.allclose(out, ref, atol=1e-10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("rule", ["logn", "ssmax"])
+@pytest.mark.parametrize("fused", [None, False])
+def test_length_scaled_temperature_scales_q_k_and_leaves_alibi_alone(rule, fused):
+    """Issue 32 §20: with ALiBi, log-n (and Scalable-Softmax) multiply q.k only, as Qwen's rule scales the
+    query; the ALiBi slopes keep their steepness at every length."""
+    torch.manual_seed(6)
+    kwargs = {"temperature": rule, "train_len": 3, "positions": "alibi", "fused": fused}
+    mha = MultiHeadAttention(8, 2, "scaled_dot", **kwargs).double()
+    x = torch.randn(2, 12, 8, dtype=D64)
+    out, _ = mha(x, is_causal=True)
+    q, k, v = mha.qkv_proj(x).split([8, 8, 8], dim=-1)
+    q, k, v = (t.view(2, 12, 2, 4).transpose(1, 2) for t in (q, k, v))
+    full = torch.ones(12, 12, dtype=torch.bool).tril()
+    n = full.sum(-1, keepdim=True).double()
+    if rule == "logn":
+        factor = (n.log() / math.log(3)).clamp_min(1)
+    else:
+        factor = mha.ssmax.log_s.exp() * n.clamp_min(2).log()
+    ref, _ = plain_attention(q, k, v, alibi_bias(2, 12, 12).double(), full, factor)
+    ref = mha.out_proj(ref.transpose(1, 2).reshape(2, 12, 8))
+    assert torch.allclose(out, ref, atol=1e-10)
+    scaled_bias, _ = plain_attention(q, k, v, alibi_bias(2, 12, 12).double() * factor, full, factor)
+    assert not torch.allclose(out, mha.out_proj(scaled_bias.transpose(1, 2).reshape(2, 12, 8)), atol=1e-6)
+
+
+def test_logn_is_scored_from_a_t1_checkpoint_and_equals_a_logn_model():
+    """A temperature=logn model is the T = 1 model (the factor is 1 up to the training length): scoring a
+    T = 1 model with the logn rule (task.eval_logn) gives what the logn model gives."""
+    from torch.utils.data import TensorDataset
+
+    from attn.models.sequence import SequenceModel, evaluate_at_lengths
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 20, (8, 24))
+    data = {n: TensorDataset(ids[:, :n], ids[:, :n].roll(1, dims=1)) for n in (12, 24)}
+    net = {"d_model": 16, "n_layers": 2, "n_heads": 2, "max_len": 24, "positions": "alibi"}
+    plain = SequenceModel(20, **net, attention={"kind": "scaled_dot", "temperature": 1.0, "train_len": 12})
+    logn = SequenceModel(20, **net, attention={"kind": "scaled_dot", "temperature": "logn", "train_len": 12})
+    logn.load_state_dict(plain.state_dict())
+    scored = evaluate_at_lengths(plain, data, logn=True)
+    direct = evaluate_at_lengths(logn, data)
+    for length in (12, 24):
+        assert scored[f"test/logn_acc@{length}"] == direct[f"test/acc@{length}"]
+        assert scored[f"test/logn_entropy@{length}/l1"] == pytest.approx(direct[f"test/entropy@{length}/l1"])
+    assert scored["test/logn_acc@12"] == scored["test/acc@12"]  # the same model up to the training length
+    assert scored["test/logn_entropy@24/l1"] != scored["test/entropy@24/l1"]
+    assert all(m.rule is None for m in plain.modules() if hasattr(m, "rule"))  # switched back
 
 
 @pytest.mark.parametrize(

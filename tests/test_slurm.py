@@ -269,8 +269,8 @@ def test_only_rank_zero_says_it_was_interrupted(monkeypatch, capsys, tmp_path):
 
 
 def _fake_slurm(tmp_path: Path) -> dict[str, str]:
-    """``sbatch`` that refuses every job as SLURM does for a partition it does not have, and an empty
-    ``squeue``, first on PATH."""
+    """``sbatch`` that refuses every job as SLURM does for a partition it does not have, an empty
+    ``squeue`` and an ``srun`` (submitit looks for it before it submits), first on PATH."""
     bin_dir = tmp_path / "fake-bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(
@@ -278,7 +278,8 @@ def _fake_slurm(tmp_path: Path) -> dict[str, str]:
         "echo 'sbatch: error: Batch job submission failed: Invalid partition name specified' >&2\nexit 1\n"
     )
     (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")
-    for tool in ("sbatch", "squeue"):
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    for tool in ("sbatch", "squeue", "srun"):
         (bin_dir / tool).chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WANDB_MODE": "disabled"}
 

@@ -287,3 +287,26 @@ def test_masked_entries_never_enter_the_support_at_any_scale(name, temperature):
     chapter = torch.tensor([[10.0, 0, 1]])
     kept = torch.tensor([[True, True, False]])
     assert f(chapter, temperature=1e-7, mask=kept).tolist() == [[1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("temperature", ["learnable", "ssmax"])
+def test_a_scalar_per_head_gets_no_weight_decay(temperature):
+    """Issue 32 §19: log_t and log_s ([H, 1, 1]) are not decayed (decay would pull them towards T = 1, not
+    towards their initial values); the projections are."""
+    from attn.models.sequence import SequenceModule
+
+    module = SequenceModule(
+        20, net={"d_model": 16, "n_layers": 1, "n_heads": 2, "max_len": 12},
+        attention={"kind": "general", "temperature": temperature, "temperature_init": 0.5, "train_len": 12},
+        weight_decay=0.1,
+    )  # fmt: skip
+    opt = module.configure_optimizers()["optimizer"]
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n: id(p) in decayed for n, p in module.named_parameters()}
+    scalar = "log_t" if temperature == "learnable" else "log_s"
+    per_head = [n for n in names if n.endswith(scalar)]
+    assert per_head and not any(names[n] for n in per_head)
+    block = "net.encoder.blocks.0.attn"
+    assert names[f"{block}.qkv_proj.weight"] and names[f"{block}.attention.weight"]
+    assert not names["net.encoder.blocks.0.attn.qkv_proj.bias"]
+    assert not any(v for n, v in names.items() if "embed" in n)

@@ -275,7 +275,8 @@ def test_trial_dirs_follow_a_moved_sweep(tmp_path):
     # A manifest written with absolute paths, then moved: found by name under the new sweep directory.
     old = str(tmp_path / "old" / "trials" / "000-x")
     assert trial_dir(root, old) == root.resolve() / "trials" / "000-x"
-    assert trial_dir(root, "/not/moved/999-y") == Path("/not/moved/999-y")
+    with pytest.raises(ValueError, match="outside"):  # a path elsewhere is never a trial's directory
+        trial_dir(root, "/not/moved/999-y")
 
 
 @pytest.mark.parametrize(

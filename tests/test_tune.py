@@ -76,7 +76,7 @@ def test_plan_has_a_tuning_phase_per_arm_candidate_and_seed_then_the_final_seeds
     [
         ({"tune": ["optim.lr=1e-3,1e-2"], "tune_seeds": "1,7"}, "tuning seed 1 is also a final seed"),
         ({"tune": ["optim.lr=1e-3,1e-2"], "tune_seeds": None}, "--tune needs --tune-seeds"),
-        ({"tune": ["optim.lr=1e-3"], "tune_seeds": "9"}, "needs at least two candidates"),
+        ({"tune": ["optim.lr=1e-3"], "tune_seeds": "9"}, "needs at least two distinct candidates"),
         ({"tune": ["optim.lr"], "tune_seeds": "9"}, "expected KEY=VALUES"),
         ({"tune": ["seed=1,2"], "tune_seeds": "9"}, "seeds are not tuned"),
         ({"tune": ["attention=scaled_dot,linear"], "tune_seeds": "9"}, "both swept and tuned"),
