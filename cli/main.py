@@ -143,6 +143,9 @@ def train(
     if not is_rank_zero():  # rank 0 tells the user
         raise typer.Exit(code)
     typer.echo(f"run dir: {record.run_dir}", err=True)
+    if record.extra.get("paused"):  # trainer.pause_at: stopped by plan, not an error
+        typer.echo(f"attn: {record.error}", err=True)
+        raise typer.Exit(0)
     job = job_to_requeue(exc)
     if job is not None:  # printed first: the requeue ends this process with SIGTERM
         typer.echo(f"error: {record.error}", err=True)
@@ -213,6 +216,16 @@ def sweep(
         list[str] | None,
         typer.Option("--tune-log", help="A tuned key Optuna samples on a log scale.", show_default=False),
     ] = None,
+    tune_halving: Annotated[
+        str | None,  # checked by the engine: one line for a bad value
+        typer.Option(
+            "--tune-halving",
+            help="Successive halving: every candidate trains a share of the budget first, the best 1/ETA per"
+            " arm go on (resumed from their checkpoints), up to the full budget, e.g. --tune-halving 3.",
+            show_default=False,
+            metavar="ETA",
+        ),
+    ] = None,
     extend: Annotated[
         str | None,
         typer.Option(
@@ -241,7 +254,7 @@ def sweep(
     )
 
     tuning = {"tune": list(tune or []), "tune_seeds": tune_seeds, "search": tune_search,
-              "trials": tune_trials, "log": list(tune_log or [])}  # fmt: skip
+              "trials": tune_trials, "log": list(tune_log or []), "halving": tune_halving}  # fmt: skip
     lock: DirLock | None = None
     try:
         if resume is not None and extend is not None:

@@ -72,6 +72,11 @@ def print_phases(manifest: Any, tune: dict[str, Any]) -> None:
         n = int(tune["trials"]) * arms * len(tune["seeds"])
         typer.echo(f"phase tune: {n} trials = {arms} arms x {tune['trials']} Optuna candidates of {keys}"
                    f" x tuning seeds {seeds} (proposed while it runs)")  # fmt: skip
+    halving = tune.get("halving")
+    if halving:
+        steps = ", then ".join(f"{r['candidates']} at {r['share']:.3g}" for r in halving["rungs"])
+        typer.echo(f"  successive halving (ETA {halving['eta']}): candidates per arm at a share of the"
+                   f" budget: {steps}")  # fmt: skip
     selected = manifest.extra.get("selected")
     typer.echo(f"phase final: {len(final)} trials = {arms} arms x final seeds, at each arm's selected values")
     for t in final:

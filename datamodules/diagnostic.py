@@ -47,6 +47,8 @@ class SequenceTaskDataModule(SplitDataModule):
     """Generated sequences with per-position targets; subclasses define the vocabulary and
     :meth:`generate` (``n`` examples at one length) and say what their length counts."""
 
+    GENERATED = True  # its data follow from its config alone (a cached baseline of it stays right)
+
     length_name = "length"
     vocab_size: int
     chance: float

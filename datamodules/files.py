@@ -47,3 +47,9 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2) -> Path:
     """Write ``data`` as JSON (non-JSON values as strings) to ``path`` atomically."""
     return write_text_atomic(path, json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where attn keeps what it computes once and reuses (speech features, order-blind baselines):
+    ``cache_dir``, else ``$ATTN_CACHE_DIR``, else ``~/.cache/attn``."""
+    return Path(cache_dir or os.environ.get("ATTN_CACHE_DIR") or Path.home() / ".cache" / "attn")

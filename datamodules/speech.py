@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import wave
 import zlib
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from torch.utils.data import TensorDataset
 
 from .base import SplitDataModule
 from .features import FeatureConfig, compute_features, fit_clip, read_wav, resample
-from .files import atomic_write, write_json_atomic
+from .files import atomic_write, cache_root, write_json_atomic
 from .hub import label_names, load_split
 from .keywords import (
     ACCENTS,
@@ -51,11 +50,6 @@ HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 class SpeechDataError(ValueError):
     """Unusable speech data; the message names the file or setting."""
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    """Where computed data sets are kept."""
-    return Path(cache_dir or os.environ.get("ATTN_CACHE_DIR") or Path.home() / ".cache" / "attn")
 
 
 def speaker_of(path: Path) -> str:

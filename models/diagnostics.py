@@ -14,27 +14,43 @@ from torch import Tensor
 from .attention import forms_weights
 from .classification import ClassificationModule
 
+SINK_EPSILON = 0.3  # Gu et al. (ICLR 2025): a head "sinks" when its mean weight on the first token exceeds it
+
 
 def attention_stats(weights: Tensor, query_mask: Tensor | None = None) -> dict[str, Tensor]:
-    """Mean entropy (nats) and mean max weight per head of ``weights: [B, H, Lq, Lk]``.
+    """Per head of ``weights: [B, H, Lq, Lk]``, averaged over the rows of real queries: the entropy (nats),
+    the largest weight (how sharp a row is: Veličković et al. 2024 prove it falls as keys are added), and
+    the weight on the first token (whose mean over a head's rows, past :data:`SINK_EPSILON`, makes the
+    head an attention sink, Gu et al. 2025).
 
     Rows are renormalised to sum to one before the entropy (so unnormalised kinds such as sigmoid
-    attention get the entropy of their weight shape); ``query_mask: [B, Lq]`` (True = a real
-    query) excludes padding queries and rows with no weight at all. Returns ``[H]`` tensors.
+    attention get the entropy of their weight shape; a negative weight, differential attention's, counts
+    as 0 there); ``query_mask: [B, Lq]`` (True = a real query) excludes padding queries and rows with no
+    weight at all. Returns ``[H]`` tensors.
     """
-    w = weights.detach().double().clamp_min(0)
+    w = weights.detach()
+    if query_mask is not None:  # only the rows of real queries are computed: [rows, H, Lk]
+        w = w.transpose(1, 2)[query_mask.expand(w.shape[0], -1)]
+    else:
+        w = w.transpose(1, 2).reshape(-1, w.shape[1], w.shape[-1])
+    w = w.double().clamp_min(0)
     total = w.sum(-1, keepdim=True)
-    valid = total.squeeze(-1) > 0  # [B, H, Lq]
-    if query_mask is not None:
-        valid = valid & query_mask[:, None, :]
+    valid = total.squeeze(-1) > 0  # [rows, H]: rows with some weight
     p = w / total.clamp_min(1e-300)
-    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)  # [B, H, Lq]
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)  # [rows, H]
     peak = w.amax(-1)
-    n = valid.sum(dim=(0, 2)).clamp_min(1)
+    first = w[..., 0]
+    n = valid.sum(dim=0).clamp_min(1)
     return {
-        "entropy": (entropy * valid).sum(dim=(0, 2)) / n,
-        "max_weight": (peak * valid).sum(dim=(0, 2)) / n,
+        "entropy": (entropy * valid).sum(dim=0) / n,
+        "max_weight": (peak * valid).sum(dim=0) / n,
+        "first_weight": (first * valid).sum(dim=0) / n,
     }
+
+
+def sink_rate(first_weight: Tensor) -> float:
+    """The share of heads whose mean weight on the first token exceeds :data:`SINK_EPSILON`."""
+    return float((first_weight > SINK_EPSILON).double().mean())
 
 
 class AttentionDiagnostics(L.Callback):

@@ -14,25 +14,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
-from .transformer import Encoder
+from .transformer import Encoder, feed_forward
 
 
 class DecoderBlock(nn.Module):
     """``x + SelfAttn_causal(LN(x))``, ``x + CrossAttn(LN(x), memory)``, ``x + MLP(LN(x))``."""
 
     def __init__(
-        self, d_model: int, n_heads: int, *, mlp_ratio: int, dropout: float, attention: dict[str, Any]
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        mlp_ratio: int,
+        dropout: float,
+        attention: dict[str, Any],
+        layer: int = 0,
     ) -> None:
         super().__init__()
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.self_attn = MultiHeadAttention(d_model, n_heads, **attention)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, cross=True, **attention)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, mlp_ratio * d_model),
-            nn.GELU(),
-            nn.Linear(mlp_ratio * d_model, d_model),
-            nn.Dropout(dropout),
-        )
+        self.self_attn = MultiHeadAttention(d_model, n_heads, layer=layer, **attention)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, cross=True, layer=layer, **attention)
+        self.mlp = feed_forward(d_model, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
@@ -64,8 +66,8 @@ class Seq2SeqTransformer(nn.Module):
         self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=0)
         self.encoder = Encoder(attention=attention, **net)
         self.decoder = nn.ModuleList(
-            DecoderBlock(d_model, net.get("n_heads", 4), attention=decoder_attention, **block)
-            for _ in range(n_layers)
+            DecoderBlock(d_model, net.get("n_heads", 4), attention=decoder_attention, layer=i, **block)
+            for i in range(n_layers)
         )
         self.ln_dec = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, tgt_vocab_size)

@@ -13,7 +13,7 @@ from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from .attention import NORMALISED_KINDS, MultiHeadAttention, forms_weights
-from .diagnostics import attention_stats
+from .diagnostics import attention_stats, sink_rate
 from .training import AttnModule, PredictionTable
 from .transformer import Encoder
 
@@ -52,6 +52,8 @@ class SequenceModule(AttnModule):
     task's chance accuracy, used by the sample-efficiency record.
     """
 
+    CAUSAL = True  # its self-attention: a position reads only the ones before it
+
     def __init__(
         self,
         vocab_size: int,
@@ -78,8 +80,8 @@ class SequenceModule(AttnModule):
         logits, _ = self.net(ids)
         loss = self._loss(logits, y)
         self.check_loss(loss)
-        self.log("train/loss", loss, prog_bar=True)
-        if self._logging_step():
+        if self._logging_step():  # the logger writes only these steps: logging every step costs ~0.7 ms each
+            self.log("train/loss", loss, prog_bar=True)
             asked = y != IGNORE
             self.log("train/acc", (logits.argmax(-1) == y)[asked].float().mean(), prog_bar=True)
         return loss
@@ -156,12 +158,14 @@ def evaluate_at_lengths(
     adaptive: bool = False,
     logn: bool = False,
 ) -> dict[str, float]:
-    """Accuracy over target positions and the mean attention entropy (nats) per layer at each length.
+    """Accuracy over target positions and, per layer, what the attention does, at each length.
 
-    ``datasets`` maps a length to a ``TensorDataset`` of ``(ids, targets)``. Returns
-    ``{metric}@{L}``, ``test/targets@{L}`` (the target positions scored) and ``test/entropy@{L}/l{layer}``:
-    the entropy of the attention rows of the target
-    positions, averaged over heads and examples (kinds that form no weights, ``linear``, give none).
+    ``datasets`` maps a length to a ``TensorDataset`` of ``(ids, targets)``. Returns ``{metric}@{L}``,
+    ``test/targets@{L}`` (the target positions scored) and, per layer, over the attention rows of the target
+    positions: ``test/entropy@{L}/l{layer}`` (nats) and ``test/max_weight@{L}/l{layer}`` (a row's largest
+    weight), averaged over heads and examples, and ``test/sink_rate@{L}/l{layer}``, the share of heads whose
+    mean weight on the first token exceeds 0.3 (Gu et al. 2025); kinds that form no weights (``linear``)
+    give none of these. They describe the model; the report never ranks them.
     With ``adaptive`` (and a model :func:`can_score_adaptive`), the same checkpoint is scored again with
     the adaptive temperature in every layer: ``test/adaptive_acc@{L}`` and
     ``test/adaptive_entropy@{L}/l{layer}``, paired with the plain scores example by example. With ``logn``,
@@ -191,10 +195,11 @@ def _evaluate(net: nn.Module, datasets: dict[int, Any], batch_size: int, metric:
     device = next(net.parameters()).device
     kind = net.encoder.blocks[0].attn.kind
     out: dict[str, float] = {}
+    prefix = entropy_name[: -len("entropy")]  # test/, test/adaptive_, test/logn_
     for length, data in sorted(datasets.items()):
         ids_all, y_all = data.tensors
         right = total = 0
-        entropy: list[float] = [0.0] * len(net.encoder.blocks)
+        sums: list[dict[str, Tensor]] = [{} for _ in net.encoder.blocks]  # per layer: per-head sums
         for start in range(0, len(ids_all), batch_size):
             ids = ids_all[start : start + batch_size].to(device)
             y = y_all[start : start + batch_size].to(device)
@@ -204,12 +209,15 @@ def _evaluate(net: nn.Module, datasets: dict[int, Any], batch_size: int, metric:
             total += int(asked.sum())
             for layer, w in enumerate(weights):
                 if w is not None:
-                    per_head = attention_stats(w, asked)["entropy"]
-                    entropy[layer] += float(per_head.mean()) * len(ids)
+                    for stat, per_head in attention_stats(w, asked).items():
+                        sums[layer][stat] = sums[layer].get(stat, 0) + per_head.cpu() * len(ids)
         out[f"{metric}@{length}"] = right / max(1, total)
         out[f"test/targets@{length}"] = float(total)  # the count behind the rate (the report's floor)
-        if forms_weights(kind):
-            for layer, value in enumerate(entropy):
-                out[f"{entropy_name}@{length}/l{layer}"] = value / len(ids_all)
+        for layer, stats in enumerate(sums):
+            if stats:
+                mean = {k: v / len(ids_all) for k, v in stats.items()}
+                out[f"{entropy_name}@{length}/l{layer}"] = float(mean["entropy"].mean())
+                out[f"{prefix}max_weight@{length}/l{layer}"] = float(mean["max_weight"].mean())
+                out[f"{prefix}sink_rate@{length}/l{layer}"] = sink_rate(mean["first_weight"])
     net.train(was_training)
     return out

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from torch import Tensor
 
 
@@ -193,6 +194,41 @@ class SampleEfficiency(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [tuple(h) for h in state_dict.get("history", [])]
+
+
+class StopAt(EarlyStopping):
+    """Stops training once the validation ``monitor`` reaches ``threshold`` (at or past it; Zoology's
+    rule: validation accuracy 0.99), never for a lack of improvement; ``step`` is the training step it
+    stopped at (None while it has not). Lightning's :class:`EarlyStopping` with a stopping threshold and
+    no patience limit; its state is in every checkpoint, so a resumed run stops where an uninterrupted one
+    would."""
+
+    def __init__(self, monitor: str, mode: str, threshold: float) -> None:
+        super().__init__(
+            monitor=monitor, mode=mode, stopping_threshold=threshold, patience=2**31, check_finite=False,
+            check_on_train_epoch_end=False, verbose=False,
+        )  # fmt: skip
+        self.threshold = threshold
+        self.step: int | None = None
+
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+        """Reached (>= for ``max``, <= for ``min``: Lightning's threshold compares strictly)."""
+        reached = bool(current >= self.threshold) if self.mode == "max" else bool(current <= self.threshold)
+        reason = f"{self.monitor} = {float(current):.6g} reached {self.threshold:g}"
+        return reached, reason if reached else None
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        stop_before = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        if trainer.should_stop and not stop_before and self.step is None:
+            self.step = int(trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "step": self.step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.step = state_dict.get("step")
 
 
 class PredictionTable:

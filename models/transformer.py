@@ -13,27 +13,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention, get_attention
+from .attention import MultiHeadAttention, build_attention
 from .flops import encoder_forward_flops
 from .positions import sinusoidal_positions
+
+
+def feed_forward(d_model: int, mlp_ratio: int, dropout: float) -> nn.Sequential:
+    """A block's MLP: ``Linear(d, r d)``, GELU, ``Linear(r d, d)``, dropout."""
+    return nn.Sequential(
+        nn.Linear(d_model, mlp_ratio * d_model),
+        nn.GELU(),
+        nn.Linear(mlp_ratio * d_model, d_model),
+        nn.Dropout(dropout),
+    )
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``."""
 
     def __init__(
-        self, d_model: int, n_heads: int, mlp_ratio: int, dropout: float, attention: dict[str, Any]
+        self,
+        d_model: int,
+        n_heads: int,
+        mlp_ratio: int,
+        dropout: float,
+        attention: dict[str, Any],
+        layer: int = 0,
     ) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, n_heads, **attention)
+        self.attn = MultiHeadAttention(d_model, n_heads, layer=layer, **attention)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(d_model, mlp_ratio * d_model),
-            nn.GELU(),
-            nn.Linear(mlp_ratio * d_model, d_model),
-            nn.Dropout(dropout),
-        )
+        self.mlp = feed_forward(d_model, mlp_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -50,7 +61,7 @@ class AttentionPooling(nn.Module):
     def __init__(self, d_model: int) -> None:
         super().__init__()
         self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
-        self.attend = get_attention("scaled_dot")
+        self.attend = build_attention("scaled_dot", head_dim=d_model)
 
     def forward(self, x: Tensor, pad_mask: Tensor) -> tuple[Tensor, Tensor]:
         q = self.query.expand(x.shape[0], 1, 1, -1)
@@ -98,7 +109,7 @@ class Encoder(nn.Module):
         self.register_buffer("positions", table, persistent=False)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, mlp_ratio, dropout, attention) for _ in range(n_layers)
+            Block(d_model, n_heads, mlp_ratio, dropout, attention, layer=i) for i in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
 

@@ -27,6 +27,8 @@ class TranslationModule(AttnModule):
     references go to ``predictions/test.tsv`` in the run directory, sacrebleu's signatures to the record.
     """
 
+    CAUSAL = False  # its self-attention: the source encoder reads both ways
+
     def __init__(
         self,
         src_vocab_size: int,
@@ -63,7 +65,8 @@ class TranslationModule(AttnModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._loss_and_acc(batch, self.label_smoothing)
         self.check_loss(loss)
-        self.log("train/loss", loss, prog_bar=True)
+        if self._logging_step():  # the logger writes only these steps
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

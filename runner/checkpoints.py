@@ -4,6 +4,7 @@ config that trained them, and the metric history kept across resumes. Imported w
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,28 @@ def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
     return found
 
 
+class RunPaused(Exception):
+    """The run reached its ``trainer.pause_at`` share of the training steps and stopped after saving."""
+
+    def __init__(self, step: int, share: float, best: float | None) -> None:
+        self.step, self.share, self.best = step, share, best  # best: the monitor's best value so far
+        super().__init__(f"paused at step {step} (trainer.pause_at={share:g} of the training steps)")
+
+
 class RunCheckpoint(ModelCheckpoint):
     """:class:`ModelCheckpoint` whose restored paths follow the run directory (a run directory that was
     moved or copied resumes against its own checkpoints, never the original's), and whose ``last.ckpt``
     is refreshed after every validation: Lightning 2.6 refreshes it only when a best checkpoint was
-    saved in the same step, which would make a resume repeat every epoch since the last improvement."""
+    saved in the same step, which would make a resume repeat every epoch since the last improvement.
+
+    ``pause_at`` (a share of the run's training steps, ``trainer.pause_at``): after the first validation
+    at or past that step, once ``last.ckpt`` holds it, the run stops (:class:`RunPaused`); resumed, it goes
+    on as if it had never stopped (successive halving continues the candidates it keeps this way).
+    """
+
+    def __init__(self, *args: Any, pause_at: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pause_at = pause_at
 
     @property
     def state_key(self) -> str:
@@ -54,6 +72,15 @@ class RunCheckpoint(ModelCheckpoint):
     def _refresh_last(self, trainer: Any) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._maybe_pause(trainer)  # last.ckpt holds this step now (saved here, or with a best one)
+
+    def _maybe_pause(self, trainer: Any) -> None:
+        if self.pause_at is None or trainer.sanity_checking or trainer.should_stop or trainer.fast_dev_run:
+            return
+        total = int(trainer.estimated_stepping_batches)
+        if trainer.global_step >= math.ceil(self.pause_at * total) and trainer.global_step < total:
+            best = float(self.best_model_score) if self.best_model_score is not None else None
+            raise RunPaused(int(trainer.global_step), self.pause_at, best)
 
     # Lightning saves in one of these two hooks (at train epoch end when validation ends each epoch);
     # last.ckpt is refreshed in the same one, after the best checkpoints.

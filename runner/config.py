@@ -7,6 +7,7 @@ valid choices; :func:`load` also runs the typed checks of :mod:`attn.runner.sche
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -123,6 +124,45 @@ def explain(exc: Exception, overrides: list[str]) -> str:
     return str(exc).strip().splitlines()[0]
 
 
+class _Compose(Exception):
+    """The fast path cannot compose these overrides: Hydra's own composition does."""
+
+
+@functools.lru_cache(maxsize=256)
+def _composed_groups(groups: tuple[str, ...], search: tuple[str, ...]) -> DictConfig:
+    """Hydra's composition of the config-group choices alone (``search``: the user's config directories
+    as they are now, part of the key because they change what composes)."""
+    return _compose_raw(list(groups))
+
+
+def _compose_fast(overrides: list[str]) -> DictConfig:
+    """Hydra's composition, without composing the same group choices twice: the group choices
+    (``attention=local``) are composed once per process (cached), and the value overrides
+    (``softmax.temperature=0.5``) are applied to a copy by Hydra's own override step, in order, as Hydra
+    applies them after the defaults. Anything else (sweeps, ``+``/``~`` on groups, ``hydra.*``, packages)
+    raises :class:`_Compose`."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    groups, values = [], []
+    for o in parsed:
+        name = o.key_or_group
+        if o.is_sweep_override() or o.package is not None or name.startswith("hydra") or "/" in name:
+            raise _Compose
+        if group_options(name):
+            if o.is_add() or o.is_delete() or o.is_force_add():
+                raise _Compose
+            groups.append(o.input_line)
+        else:
+            values.append(o)
+    cfg = copy.deepcopy(_composed_groups(tuple(groups), tuple(check_config_dirs())))
+    ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    return cfg
+
+
 def compose(overrides: list[str]) -> DictConfig:
     """The composed (not yet validated) config for ``overrides``; ``ConfigError`` on bad input."""
     import yaml
@@ -130,6 +170,10 @@ def compose(overrides: list[str]) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = [_quote_numeric_option(o) for o in overrides]
+    try:
+        return _compose_fast(overrides)
+    except Exception:  # an unusual override, or bad input: Hydra composes (and words the error) itself
+        pass
     try:
         return _compose_raw(overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:

@@ -63,18 +63,23 @@ def _at_lengths(groups: list[Group], pattern: str) -> dict[int, str]:
 
 
 def length_panels(groups: list[Group], metric: str) -> list[tuple[str, dict[str, list[plots.Point]]]]:
-    """``metric`` at each ``task.eval_lengths`` length (``{metric}@{L}``), then the mean attention entropy
-    of each layer at each length: one line per group; empty when fewer than two lengths were tested."""
+    """``metric`` at each ``task.eval_lengths`` length (``{metric}@{L}``), then per layer what its attention
+    does there (entropy, largest weight, sink rate; descriptive, none ranked): one line per group; empty
+    when fewer than two lengths were tested."""
     acc = _at_lengths(groups, metric + "@{L}")
     if len(acc) < 2:
         return []
     layers = sorted(
         {int(n.rsplit("/l", 1)[1]) for g in groups for n in g.stats if n.startswith("test/entropy@")}
     )
+    described = (("entropy", "attention entropy (nats)"), ("max_weight", "largest weight of a row"),
+                 ("sink_rate", "sink rate (share of heads)"))  # fmt: skip
     named = [(metric, acc)] + [
-        (f"attention entropy, layer {layer} (nats)", _at_lengths(groups, f"test/entropy@{{L}}/l{layer}"))
+        (f"{label}, layer {layer}", _at_lengths(groups, f"test/{name}@{{L}}/l{layer}"))
+        for name, label in described
         for layer in layers
     ]
+    named = [(label, names) for label, names in named if names]
     panels = []
     for ylabel, names in named:
         lines = {}

@@ -226,7 +226,8 @@ def _arms(m: Manifest) -> dict[str, Trial]:
 
 
 def _ended(t: Trial) -> bool:
-    return t.status in ("completed", "failed")
+    """Completed, failed, or paused at its budget (successive halving tells the first rung's score)."""
+    return t.status in ("completed", "failed", "paused")
 
 
 def _tell(root: Path, studies: dict[str, Any]) -> None:
@@ -254,6 +255,7 @@ def _tell(root: Path, studies: dict[str, Any]) -> None:
 def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, Any]) -> int:
     """Ask every arm with fewer than ``spec.trials`` candidates and none in flight for one more; adds the
     candidates' tuning trials to the manifest and returns how many trials wait to run."""
+    budget = {"budget": spec.rungs()[0]["share"]} if spec.halving else {}  # halving: the first rung
     with locked_manifest(root) as m:
         arms = _arms(m)
         tuning = [t for t in m.trials if phase(t) == TUNE]
@@ -268,6 +270,7 @@ def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, A
             trial = study.ask(space)
             candidate = {k: _text(v) for k, v in trial.params.items()}
             base = base_overrides(first.overrides, spec.keys)
+            lean = list(first.extra.get("tuning_overrides") or [])  # what a tuning trial leaves out
             values = {k: v for k, v in first.values.items() if k != "seed"}
             for seed in spec.seeds:
                 tid = f"{len(m.trials):0{width}d}"
@@ -275,12 +278,13 @@ def _ask(root: Path, spec: TuneSpec, studies: dict[str, Any], space: dict[str, A
                 slug = values_name(shown)
                 m.trials.append(
                     Trial(
-                        id=tid, overrides=[*base, *as_overrides(candidate), f"seed={seed}"], values=values,
+                        id=tid, values=values,
+                        overrides=[*base, *as_overrides(candidate), f"seed={seed}", *lean],
                         run_dir=f"tune/{tid}-{slug}", devices=first.devices, num_nodes=first.num_nodes,
                         accelerator=first.accelerator,
                         extra={"phase": TUNE, "candidate": candidate, "optuna_trial": trial.number,
                                "arm": arm_name(values), "monitor": first.extra["monitor"],
-                               "mode": first.extra["mode"]},
+                               "mode": first.extra["mode"], **budget},
                     )
                 )  # fmt: skip
         return sum(1 for t in m.trials if phase(t) == TUNE and not t.extra.get("told"))

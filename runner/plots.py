@@ -71,11 +71,15 @@ def metric_vs_length(
     path: Path,
     title: str,
 ) -> Path:
-    """Side by side panels of (y label, ``{line label: points}``) against the evaluation length (log2 x
-    axis): the metric first (with the chance level), then the attention entropy of each layer."""
+    """Panels of (y label, ``{line label: points}``) against the evaluation length (log2 x axis), three to a
+    row: the metric first (with the chance level), then what each layer's attention does."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for i, (ax, (ylabel, lines)) in enumerate(zip(axes[0], panels, strict=True)):
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for i, (ax, (ylabel, lines)) in enumerate(zip(axes.flat, panels, strict=False)):
         for label, points in lines.items():
             _errorbars(ax, label, points)
         if i == 0:

@@ -173,6 +173,8 @@ def tuning_rows(t: Tuning) -> tuple[list[list[str]], list[str]]:
         chosen = t.selected.get(arm, {})
         for c in candidates:
             mean = "failed" if c.get("mean") is None else _fmt(c["mean"])
+            if c.get("halted") is not None:  # successive halving stopped it there: not a full-budget value
+                mean = f"{mean} at {c['halted']:.3g} of the budget (halved out)"
             text = " ".join(f"{k}={v}" for k, v in c["candidate"].items())
             rows.append(
                 [

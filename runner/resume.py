@@ -27,7 +27,9 @@ from .schema import check_devices, validate
 from .threads import ThreadPlan
 
 # Overrides that may change when a run is resumed; anything else would change the experiment.
-RESUMABLE_KEYS = ("trainer.max_epochs", "trainer.enable_progress_bar", "logger.mode", "threads")
+RESUMABLE_KEYS = (
+    "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.pause_at", "logger.mode", "threads",
+)  # fmt: skip
 
 
 @dataclass

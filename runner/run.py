@@ -10,6 +10,8 @@ checkpoint and collects the metrics. Signals: :mod:`attn.runner.signals`; resume
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -26,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from attn.datamodules.files import write_text_atomic
+from attn.datamodules.files import cache_root, write_json_atomic, write_text_atomic
 from attn.models.baseline import (
     bag_of_frames,
     bow_logistic_regression,
@@ -35,11 +37,12 @@ from attn.models.baseline import (
 )
 from attn.models.diagnostics import AttentionDiagnostics
 from attn.models.sequence import evaluate_at_lengths
-from attn.models.training import PredictionTable, SampleEfficiency
+from attn.models.training import PredictionTable, SampleEfficiency, StopAt
 
 from .checkpoints import (
     AtomicCheckpointIO,
     RunCheckpoint,
+    RunPaused,
     keep_history,
     metric_history,
     remove_partial_checkpoints,
@@ -108,6 +111,8 @@ def _attention_kwargs(cfg: DictConfig, train_len: int | None = None) -> dict[str
         "softmax": cfg.softmax.name,
         "temperature": cfg.softmax.temperature,
         "temperature_init": cfg.softmax.temperature_init,
+        "sink": cfg.softmax.get("sink"),
+        "softcap": cfg.softmax.get("softcap"),
         **params,
     }
 
@@ -192,12 +197,15 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, dm: Any, stopper: SignalStop
         monitor=cfg.task.monitor,
         mode=cfg.task.monitor_mode,
         save_last=True,
+        pause_at=cfg.trainer.get("pause_at"),
     )
     floor = float(getattr(dm, "chance", 0.0))  # where the validation metric starts: chance, or 0
     if hasattr(dm, "n_classes") and not hasattr(dm, "chance") and "test" in getattr(dm, "datasets", {}):
         floor = _chance(dm)["test/chance_acc"]
     efficiency = SampleEfficiency(cfg.task.monitor, cfg.task.monitor_mode, floor)
     callbacks: list = [checkpoint, stopper, efficiency, WritePredictions()]
+    if cfg.trainer.get("stop_at") is not None:
+        callbacks.append(StopAt(cfg.task.monitor, cfg.task.monitor_mode, float(cfg.trainer.stop_at)))
     if cfg.diagnostics.enabled:
         callbacks.append(AttentionDiagnostics(cfg.diagnostics.batches, cfg.diagnostics.images))
     return callbacks
@@ -223,6 +231,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list
     if SLURMEnvironment.detect():  # attn saves and requeues on USR1 itself: no hpc_ckpt_*.ckpt files
         plugins.append(SLURMEnvironment(auto_requeue=False))
     kwargs = OmegaConf.to_container(cfg.trainer)
+    for own in ("stop_at", "pause_at"):  # attn's, not the Trainer's (build_callbacks uses them)
+        kwargs.pop(own, None)
     kwargs["val_check_interval"] = validation_interval(kwargs)
     return L.Trainer(
         **kwargs,
@@ -259,10 +269,13 @@ def _device_info(trainer: Any) -> dict[str, Any]:
     return info
 
 
-def _check_trained(trainer: Any, module: Any) -> None:
-    """A fit that ended without an error trained every step it was asked for: Lightning ends an epoch
-    on a ``StopIteration`` from anywhere, which would otherwise pass for a completed run."""
+def _check_trained(trainer: Any, module: Any, stopped: int | None) -> None:
+    """A fit that ended without an error trained every step it was asked for, or up to where
+    ``trainer.stop_at`` stopped it (``stopped``): Lightning ends an epoch on a ``StopIteration`` from
+    anywhere, which would otherwise pass for a completed run."""
     expected = getattr(module, "_total_steps", None)  # set when training starts (AttnModule)
+    if stopped is not None:
+        expected = stopped
     if trainer.fast_dev_run or expected is None or trainer.global_step >= expected:
         return
     raise RuntimeError(
@@ -282,6 +295,45 @@ def _baseline(dm: Any) -> dict[str, float]:
         xy = [(bag_of_frames(split[0]), split[1]) for split in (train, test)]
         return {"test/bof_acc": logistic_regression(xy[0], xy[1], dm.n_classes)}
     return {}
+
+
+# The order-blind baseline depends on the data only: one fit per data set (task, data settings, seed,
+# tokenizer), kept in the cache, serves every arm and temperature trained on it. Bumped when _baseline
+# changes what it computes, so an older cache entry is never read as a newer baseline.
+BASELINE_VERSION = 2
+DATA_NEUTRAL = ("batch_size", "num_workers", "eval_lengths")  # datamodule keys that leave the data alone
+
+
+def baseline_key(cfg: DictConfig) -> str:
+    """The cache key of a run's baseline: a hash of its data (see ``BASELINE_VERSION``)."""
+    data = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
+    data = {k: v for k, v in data.items() if k not in DATA_NEUTRAL}
+    words = {k: cfg.task.get(k) for k in ("name", "tokenizer", "vocab_size")}
+    text = json.dumps([BASELINE_VERSION, data, words], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def cached_baseline(cfg: DictConfig, dm: Any) -> dict[str, float]:
+    """:func:`_baseline` of the run's data, read from ``<cache>/baselines/<key>.json`` when an earlier run
+    on the same data fitted it, else fitted and stored there. A cache entry that does not read as a dict of
+    numbers is fitted again. Only data that follow from the config alone are cached (a data module's
+    ``GENERATED``): a file or hub data set may change under the same settings."""
+    if not getattr(dm, "GENERATED", False):
+        return _baseline(dm)
+    path = cache_root() / "baselines" / f"{baseline_key(cfg)}.json"
+    try:
+        found = json.loads(path.read_text())
+        if isinstance(found, dict) and found and all(isinstance(v, float) for v in found.values()):
+            return found
+    except (OSError, ValueError):
+        pass
+    result = _baseline(dm)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, result)
+    except OSError:  # an unwritable cache costs the next run a refit, nothing more
+        pass
+    return result
 
 
 def _chance(dm: Any) -> dict[str, float]:
@@ -323,7 +375,10 @@ def fit_and_test(
     extra["device"] = _device_info(trainer)
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume.checkpoint) if resume else None)
     extra["device"] = _device_info(trainer)  # the process group exists now (DDP)
-    _check_trained(trainer, module)
+    stop = next((c for c in callbacks if isinstance(c, StopAt)), None)
+    _check_trained(trainer, module, stop.step if stop is not None else None)
+    if stop is not None:  # where the run stopped (None: the threshold was never reached)
+        extra["stop_at"] = {"monitor": stop.monitor, "threshold": stop.threshold, "step": stop.step}
     best = checkpoint.best_model_path or None
     tested = trainer.test(module, datamodule=dm, ckpt_path="best" if best else None, verbose=False)
     metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
@@ -341,7 +396,7 @@ def fit_and_test(
     if hasattr(dm, "n_classes") or hasattr(dm, "chance"):  # classification and sequence tasks
         metrics.update(_chance(dm))
         if cfg.baseline and trainer.is_global_zero:
-            metrics.update(_baseline(dm))
+            metrics.update(cached_baseline(cfg, dm))
     lengths = cfg.task.get("eval_lengths")  # [] still tests the training length
     if lengths is not None and hasattr(dm, "at_length") and trainer.is_global_zero:
         data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}
@@ -456,6 +511,13 @@ def _run_locked(
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP ranks started by this run find the same directory
     try:
         record.data.metrics = fit_and_test(cfg, run_dir, record, stopper, resume)
+    except RunPaused as e:  # trainer.pause_at: saved and stopped by plan; resume= goes on
+        record.data.metrics["train/steps"] = float(e.step)
+        if e.best is not None:  # what a tuning phase compares candidates by, so far
+            record.data.metrics[f"best_{cfg.task.monitor}".replace("best_val/", "val/best_")] = e.best
+        record.data.extra["paused"] = {"step": e.step, "share": e.share}
+        _finish_wandb(0, preempted=True)
+        return record.finish("interrupted", f"{e}; resume with: attn train resume={run_dir}", 0), e
     except RunInterrupted as e:
         record.data.metrics["train/steps"] = float(e.step)
         _finish_wandb(128 + e.signum, preempted=True)

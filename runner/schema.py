@@ -58,6 +58,8 @@ class SoftmaxSchema:
     name: str = "softmax"
     temperature: Any = 1.0
     temperature_init: float = 1.0
+    sink: Optional[str] = None  # noqa: UP045
+    softcap: Optional[float] = None  # noqa: UP045
 
 
 @dataclass
@@ -83,6 +85,8 @@ class TrainerSchema:
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
     val_check_interval: Any = None  # null: 4 validations an epoch in runs of 1-2 epochs, else one
+    stop_at: Optional[float] = None  # noqa: UP045 (attn's: stop once task.monitor reaches it)
+    pause_at: Optional[float] = None  # noqa: UP045 (attn's: pause after this share of the steps)
     deterministic: bool = False
     detect_anomaly: bool = False
     fast_dev_run: Any = False
@@ -320,6 +324,16 @@ def _load_plugins(cfg: DictConfig) -> None:
             cfg.plugins = named
 
 
+def _task_causal(cfg: DictConfig) -> bool | None:
+    """Whether the task's self-attention is causal (its module's ``CAUSAL``); None when it does not say."""
+    target = str((cfg.task.get("module") or {}).get("_target_", ""))
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(getattr(importlib.import_module(module), name, None), "CAUSAL", None)
+    except ImportError:
+        return None
+
+
 @functools.cache
 def _note_once(line: str) -> None:
     """Print ``line`` to stderr once per process (a sweep validates every trial's config)."""
@@ -390,7 +404,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} does not divide model.n_heads={m.n_heads}")
     params = {k: v for k, v in OmegaConf.to_container(cfg.attention.params).items() if v is not None}
     try:
-        check_combination(kind, softmax=sm, dropout_p=m.attn_dropout, params=params)
+        check_combination(
+            kind, softmax=sm, dropout_p=m.attn_dropout, params=params, sink=cfg.softmax.sink,
+            softcap=cfg.softmax.softcap, causal=_task_causal(cfg), task=f"task={cfg.task.name}",
+        )  # fmt: skip
         check_positions(kind, m.positions, m.d_model // m.n_heads)
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -413,6 +430,18 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(
             f"trainer.val_check_interval={vci!r} is invalid: a fraction of an epoch in (0, 1], a number of"
             " training batches >= 1, or null (4 validations an epoch in runs of 1-2 epochs, else one)"
+        )
+    if tr.stop_at is not None:
+        low, high = metric_range(str(cfg.task.monitor))
+        if not low <= tr.stop_at <= high:
+            raise ConfigError(
+                f"trainer.stop_at={tr.stop_at} is outside the range of {cfg.task.monitor} ({low:g} to"
+                f" {high:g}): give the validation value that counts a run as solved (Zoology: 0.99), or null"
+            )
+    if tr.pause_at is not None and not 0 < tr.pause_at < 1:
+        raise ConfigError(
+            f"trainer.pause_at={tr.pause_at} is invalid: a share of the run's training steps in (0, 1),"
+            " or null"
         )
     for stage in ("train", "val", "test"):
         limit = tr[f"limit_{stage}_batches"]

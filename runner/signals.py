@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 
+from .checkpoints import RunPaused
 from .machine import is_rank_zero, job_id, submitit_signal
 from .records import RunRecord
 
@@ -104,8 +105,9 @@ class SignalStop(L.Callback):
 
 
 def exit_code(status: str, exc: BaseException | None) -> int:
-    """The process exit code for a finished run: 0, 1 (failed), 130 (SIGINT) or 143 (SIGTERM)."""
-    if status == "completed":
+    """The process exit code for a finished run: 0 (completed, or paused by ``trainer.pause_at``), 1
+    (failed), 130 (SIGINT) or 143 (SIGTERM)."""
+    if status == "completed" or isinstance(exc, RunPaused):
         return 0
     if status == "interrupted":
         return 128 + exc.signum if isinstance(exc, RunInterrupted) else 130

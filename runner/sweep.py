@@ -69,14 +69,19 @@ from .tune import (
     apply_selection,
     arm_name,
     as_overrides,
+    at_budget,
     base_overrides,
     check_seeds,
+    lean_overrides,
     parse_spec,
+    paused_share,
     phase,
+    promote,
     recorded_selection,
     seed_of,
     spec_of,
     tuning_open,
+    waiting,
 )
 
 LAUNCHERS = {
@@ -87,7 +92,7 @@ LAUNCHERS = {
 }
 # Sweep-level settings given as key=value on the command line (everything else goes to the trials).
 SWEEP_KEYS = ("sweep", "launcher", "n_jobs", "name")
-TUNE_PRESET_KEYS = ("tune", "tune_seeds", "tune_search", "tune_trials", "tune_log")
+TUNE_PRESET_KEYS = ("tune", "tune_seeds", "tune_search", "tune_trials", "tune_log", "tune_halving")
 # Display-only settings every trial gets unless the grid sets them.
 TRIAL_DEFAULTS = ("trainer.enable_progress_bar=false",)
 
@@ -331,6 +336,8 @@ def plan(
         extra_info = {k: v for k, v in info.items() if k != "seed"}
         if spec is not None:
             extra_info.update(arm=arm_name(values), **monitor_of(cfg))
+            if info.get("phase") == FINAL and spec.search == "optuna":  # what its arm's candidates skip
+                extra_info["tuning_overrides"] = lean_overrides(cfg)
         entries.append(
             Trial(
                 id=tid,
@@ -393,20 +400,22 @@ def tuning_trials(spec: TuneSpec, finals: list[tuple[list[str], dict[str, str], 
     of the arm's overrides with the candidate and the seed; each checked like the grid's trials."""
     if spec.search != "grid":
         return []  # Optuna proposes its candidates while the tuning phase runs
-    arms: dict[str, tuple[list[str], dict[str, str]]] = {}
-    for overrides, values, _ in finals:
-        arms.setdefault(arm_name(values), (base_overrides(overrides), values))
+    arms: dict[str, tuple[list[str], dict[str, str], list[str]]] = {}
+    for overrides, values, cfg in finals:
+        arms.setdefault(arm_name(values), (base_overrides(overrides), values, lean_overrides(cfg)))
     out = []
-    for base, values in arms.values():
+    for base, values, lean in arms.values():
         arm_values = {k: v for k, v in values.items() if k != "seed"}
         for candidate in spec.candidates():
             for seed in spec.seeds:
-                overrides = [*base, *as_overrides(candidate), f"seed={seed}"]
+                overrides = [*base, *as_overrides(candidate), f"seed={seed}", *lean]
                 try:
                     cfg = load(overrides)
                 except ConfigError as e:
                     raise ConfigError(f"tuning trial {' '.join(overrides)}: {e}") from e
                 info = {"phase": TUNE, "candidate": candidate, "seed": seed}
+                if spec.halving:  # successive halving: every candidate first trains the first rung's share
+                    info["budget"] = spec.rungs()[0]["share"]
                 out.append((overrides, arm_values, cfg, info))
     return out
 
@@ -509,6 +518,19 @@ def trial_command(trial: Trial, sweep_name: str) -> list[str]:
     return [sys.executable, "-m", "attn.cli.main", "train", *trial.overrides, *extra]
 
 
+def attempt_command(trial: Trial, sweep_name: str, resume: Path | None) -> list[str]:
+    """The command of one attempt of a trial: :func:`trial_command`, or with ``resume`` the continuation of
+    the interrupted run there (a requeued SLURM job, a paused halving candidate); a trial with a
+    successive-halving ``budget`` trains to that share of its steps and pauses (``trainer.pause_at``)."""
+    cmd = trial_command(trial, sweep_name)
+    if resume is not None:
+        cmd = [*cmd[:4], f"resume={resume}"]
+    if trial.extra.get("budget"):
+        share = float(trial.extra["budget"])
+        cmd.append(f"trainer.pause_at={share!r}" if share < 1 else "trainer.pause_at=null")
+    return cmd
+
+
 def _resumable(run_dir: Path) -> bool:
     """An attempt that was interrupted (or killed) after saving ``checkpoints/last.ckpt``."""
     if not (run_dir / "checkpoints" / "last.ckpt").exists() or not (run_dir / "config.yaml").exists():
@@ -585,9 +607,7 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     status, error = "failed", None
     interrupted = False
     with open(log, "a" if resume else "w") as out:
-        cmd = trial_command(trial, sweep_name)
-        if resume:  # continue the interrupted attempt from its checkpoint (e.g. a requeued SLURM job)
-            cmd = [*cmd[:4], f"resume={run_dir}"]
+        cmd = attempt_command(trial, sweep_name, run_dir if resume else None)
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         with _preemption(proc) as after_preemption:
             try:
@@ -612,6 +632,8 @@ def run_trial(sweep_dir: str, tid: str | int, cpus: int | None) -> str:
     try:
         record = read_record(run_dir / "results.json")
         status, error, duration = record.status, record.error, record.duration_s
+        if paused_share(record) is not None:  # paused at its budget by plan (successive halving)
+            status = "paused"
     except ValueError:  # no record: killed before it could write one, or it crashed hard
         status, duration = _without_record(code), None
         error = f"attn train exited with {code}: {_last_line(log)}"
@@ -714,10 +736,17 @@ def launch(sweep_dir: str | Path) -> Manifest:
             run_search(root, spec, launch_trials)
         else:
             launch_trials(root, TUNE)
-        m = read_manifest(root)
-        unfinished = [t for t in m.trials if phase(t) == TUNE and t.status not in ("completed", "failed")]
-        if unfinished or (root / STOP_FILE).exists():  # stopped: select when every tuning trial has ended
-            return m
+        while True:  # successive halving: close each rung, continue the candidates it keeps
+            m = read_manifest(root)
+            if waiting(m, root) or (root / STOP_FILE).exists():  # stopped: select when every trial has ended
+                return m
+            with locked_manifest(root) as m:
+                lines = promote(m, root)
+            if not lines:
+                break
+            for line in lines:
+                print(line, flush=True)
+            launch_trials(root, TUNE)
         with locked_manifest(root) as m:
             restored = recorded_selection(m)
             chosen, unselected = apply_selection(m, root)
@@ -756,10 +785,18 @@ def launch_trials(sweep_dir: str | Path, only: str | None = None) -> Manifest:
     with locked_manifest(root) as m:
         todo = []
         for t in m.trials:
-            if (only is not None and phase(t) != only) or t.extra.get("told") or t.extra.get(NOT_RUN):
-                continue  # another phase, an Optuna candidate its study knows, an arm that selected nothing
+            if (
+                (only is not None and phase(t) != only)
+                or t.extra.get(NOT_RUN)
+                or t.extra.get("halted") is not None
+            ):
+                continue  # another phase, an arm that selected nothing, a candidate halving dropped
+            if t.extra.get("told") and (not t.extra.get("budget") or t.status == "failed"):
+                continue  # an Optuna candidate its study knows (halving continues the ones it keeps)
             if trial_done(root, t, warn=True):
                 t.status = "completed"
+            elif t.extra.get("budget") and at_budget(root, t):
+                t.status = "paused"  # trained to its share of the budget (successive halving)
             else:
                 t.status = "pending" if t.status != "failed" else "failed"
                 todo.append(str(t.number))
@@ -941,9 +978,9 @@ def open_existing(sweep_dir: str | Path, config_dir_given: bool) -> Manifest:
     its trials load must be code the user gives now: a manifest never decides what is imported, so the
     plugins it names (``ATTN_PLUGINS`` at creation, ``plugins=`` in its trials' overrides) must be in this
     process's ``ATTN_PLUGINS``; a tuned sweep's final trials must agree with its selection. Its config
-    directories are its own copies (``config/<i>``), used for
-    every config composed from here on, unless ``--config-dir`` was given again (see
-    :func:`replace_config_dirs`). ``ConfigError`` in one line otherwise."""
+    directories are its own copies (``config/<i>``), used for every config composed from here on, unless
+    ``--config-dir`` was given again (see :func:`replace_config_dirs`). ``ConfigError`` in one line
+    otherwise."""
     root = Path(sweep_dir).resolve()
     m = read_manifest(root)
     recorded_selection(m)  # a selection that its final trials contradict is refused here

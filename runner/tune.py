@@ -44,27 +44,54 @@ class TuneSpec:
     search: str = "grid"
     trials: int | None = None
     log: list[str] = field(default_factory=list)
+    halving: int | None = None  # successive halving's ETA (--tune-halving), None: every candidate in full
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"keys": self.keys, "seeds": self.seeds, "search": self.search}
         if self.search == "optuna":
             out.update(trials=self.trials, log=self.log)
+        if self.halving:
+            out["halving"] = {"eta": self.halving, "rungs": self.rungs()}
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TuneSpec:
+        halving = data.get("halving")
         return cls(
             keys={str(k): [str(v) for v in vs] for k, vs in data["keys"].items()},
             seeds=[str(s) for s in data["seeds"]],
             search=str(data.get("search", "grid")),
             trials=data.get("trials"),
             log=list(data.get("log") or []),
+            halving=int(halving["eta"]) if isinstance(halving, dict) else None,
         )
+
+    def n_candidates(self) -> int:
+        """How many candidates every arm tries: the grid's, or Optuna's ``trials``."""
+        return len(self.candidates()) if self.search == "grid" else int(self.trials or 0)
+
+    def rungs(self) -> list[dict[str, Any]]:
+        """Successive halving's rungs, the same for every arm: the share of the training budget each rung
+        trains to and how many candidates run it (:func:`halving_rungs`); one full rung without halving."""
+        return halving_rungs(self.n_candidates(), self.halving) if self.halving else [{"share": 1.0}]
 
     def candidates(self) -> list[dict[str, str]]:
         """The grid's candidates, in grid order (the first key varies slowest)."""
         keys = list(self.keys)
         return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*self.keys.values())]
+
+
+def halving_rungs(n: int, eta: int) -> list[dict[str, Any]]:
+    """Successive halving (Jamieson & Talwalkar 2016; Hyperband's inner loop, Li et al. 2018) of ``n``
+    candidates with rate ``eta``: ``R = floor(log_eta n)`` halvings; rung ``r`` trains to ``eta^(r - R)`` of
+    the budget and keeps the best ``ceil(n_r / eta)`` for the next one, the last at the full budget. Four
+    candidates at ``eta = 2``: 1/4 (4), 1/2 (2), 1 (1); at ``eta = 3``: 1/3 (4), 1 (2)."""
+    halvings = math.floor(math.log(n) / math.log(eta) + 1e-9) if n >= 1 and eta >= 2 else 0
+    out, count = [], n
+    for r in range(halvings + 1):
+        out.append({"share": float(eta ** (r - halvings)), "candidates": count})
+        count = max(1, math.ceil(count / eta))
+    return out
 
 
 def spec_of(manifest: Manifest) -> TuneSpec | None:
@@ -99,6 +126,7 @@ def parse_spec(
     trials: int | None = None,
     log: list[str] | None = None,
     preset: dict[str, Any] | None = None,
+    halving: str | int | None = None,
 ) -> TuneSpec | None:
     """The tuning of ``attn sweep``: ``--tune KEY=VALUES`` (repeatable; a key given there replaces the
     preset's), ``--tune-seeds``, ``--tune-search``, ``--tune-trials`` and ``--tune-log`` over the preset's
@@ -118,10 +146,11 @@ def parse_spec(
     trials = trials if trials is not None else preset.get("tune_trials")
     log = list(log or preset.get("tune_log") or [])
     seeds_text = tune_seeds if tune_seeds is not None else _text(preset.get("tune_seeds") or "")
+    halving = halving if halving is not None else preset.get("tune_halving")
     if not keys:
-        given = [
-            f for f, v in (("--tune-seeds", tune_seeds), ("--tune-trials", trials), ("--tune-log", log)) if v
-        ]
+        named = (("--tune-seeds", tune_seeds), ("--tune-trials", trials), ("--tune-log", log),
+                 ("--tune-halving", halving))  # fmt: skip
+        given = [f for f, v in named if v]
         if given or search != "grid":
             raise ConfigError(f"{given[0] if given else '--tune-search'} needs --tune KEY=VALUES")
         return None
@@ -139,7 +168,8 @@ def parse_spec(
             raise ConfigError("--tune-trials needs --tune-search optuna (a grid tries every candidate)")
         if log:
             raise ConfigError("--tune-log needs --tune-search optuna (a grid's values are written out)")
-        return TuneSpec({k: _grid_values(k, v) for k, v in keys.items()}, seeds)
+        spec = TuneSpec({k: _grid_values(k, v) for k, v in keys.items()}, seeds)
+        return _with_halving(spec, halving)
     try:
         n_trials = int(trials)  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -151,7 +181,26 @@ def parse_spec(
     unknown = [k for k in log if k not in keys]
     if unknown:
         raise ConfigError(f"--tune-log {unknown[0]}: not a tuned key; tuned: {', '.join(keys)}")
-    return TuneSpec({k: [v] for k, v in keys.items()}, seeds, "optuna", n_trials, log)
+    return _with_halving(TuneSpec({k: [v] for k, v in keys.items()}, seeds, "optuna", n_trials, log), halving)
+
+
+def _with_halving(spec: TuneSpec, halving: str | int | None) -> TuneSpec:
+    """``spec`` with successive halving at rate ``halving`` (``--tune-halving ETA``), checked."""
+    if halving is None or halving == "":
+        return spec
+    try:
+        eta = int(str(halving))
+    except ValueError:
+        eta = 0
+    if eta < 2 or str(eta) != str(halving).strip():
+        raise ConfigError(f"--tune-halving={halving} is invalid: a whole number >= 2 (keep the best 1/ETA)")
+    n = spec.n_candidates()
+    if eta > n:
+        raise ConfigError(
+            f"--tune-halving={eta} with {n} candidates per arm halves nothing: give an ETA from 2 to {n}"
+        )
+    spec.halving = eta
+    return spec
 
 
 def _text(value: Any) -> str:
@@ -219,6 +268,18 @@ def as_overrides(candidate: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in candidate.items()]
 
 
+def lean_overrides(cfg: Any) -> list[str]:
+    """What a tuning trial of an arm whose final trials compose to ``cfg`` leaves out: selection reads its
+    validation values, and the published rule (issue 33) its test value at the training length, so the
+    order-blind baseline, the evaluations at other lengths and their second scores are not computed."""
+    out = ["baseline=false"] if cfg.get("baseline") else []
+    task = cfg.task
+    if task.get("eval_lengths") is not None and list(task.eval_lengths) != []:
+        out.append("task.eval_lengths=[]")  # [] still tests the training length
+    out += [f"task.{key}=false" for key in ("eval_adaptive", "eval_logn") if task.get(key)]
+    return out
+
+
 def check_seeds(spec: TuneSpec, final_seeds: Iterable[str]) -> None:
     """A tuning seed reused as a final seed is refused: the reported numbers must come from fresh seeds."""
     reused = [s for s in spec.seeds if s in {str(int(x)) for x in final_seeds if str(x).isdigit()}]
@@ -234,16 +295,37 @@ def check_seeds(spec: TuneSpec, final_seeds: Iterable[str]) -> None:
 
 
 def score(sweep_dir: str | Path, trial: Trial) -> float | None:
-    """A completed tuning trial's best validation value of its monitor; None when the run did not complete
-    (a failure) or recorded no such value."""
+    """A completed tuning trial's best validation value of its monitor (for a run paused at its budget by
+    successive halving, its best so far); None when the run did not complete (a failure) or recorded no
+    such value."""
     try:
         record = read_record(trial_dir(sweep_dir, trial.run_dir) / "results.json")
     except ValueError:
         return None
-    if record.status != "completed":
+    if record.status != "completed" and paused_share(record) is None:
         return None
     value = record.metrics.get(trial.extra["monitor"])
     return value if value is not None and math.isfinite(value) else None
+
+
+def paused_share(record: Any) -> float | None:
+    """The share of its training steps a run paused at (``trainer.pause_at``), or None."""
+    paused = record.extra.get("paused")
+    share = paused.get("share") if isinstance(paused, dict) else None
+    return float(share) if isinstance(share, int | float) and record.status == "interrupted" else None
+
+
+def at_budget(sweep_dir: str | Path, trial: Trial) -> bool:
+    """Whether a tuning trial has trained as far as its current budget: completed, or paused at its
+    budget's share (successive halving)."""
+    try:
+        record = read_record(trial_dir(sweep_dir, trial.run_dir) / "results.json")
+    except ValueError:
+        return False
+    if record.status == "completed":
+        return True
+    share, budget = paused_share(record), trial.extra.get("budget")
+    return share is not None and budget is not None and abs(share - float(budget)) < 1e-9
 
 
 def tuning_table(m: Manifest, sweep_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -257,6 +339,8 @@ def tuning_table(m: Manifest, sweep_dir: str | Path) -> dict[str, list[dict[str,
         row = table.setdefault(t.extra["arm"], {}).setdefault(
             key, {"candidate": t.extra["candidate"], "values": [], "failed": 0, "mode": t.extra["mode"]}
         )
+        if t.extra.get("halted") is not None:  # dropped by successive halving at that share of the budget
+            row["halted"] = t.extra["halted"]
         value = score(sweep_dir, t)
         if value is None:
             row["failed"] += 1
@@ -270,16 +354,18 @@ def tuning_table(m: Manifest, sweep_dir: str | Path) -> dict[str, list[dict[str,
             n = len(row["values"]) + row["failed"]
             mean = worst if row["failed"] else sum(row["values"]) / n
             out[arm].append({"candidate": row["candidate"], "mean": mean, "n": n, "failed": row["failed"],
-                             "mode": row["mode"], "values": row["values"]})  # fmt: skip
+                             "mode": row["mode"], "values": row["values"],
+                             "halted": row.get("halted")})  # fmt: skip
     return out
 
 
 def select(table: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, str]]:
-    """Per arm the candidate with the best mean; ties go to the earlier candidate. An arm none of whose
-    candidates has a finite mean (every one failed) gets no selection: it is left out."""
+    """Per arm the candidate with the best mean among those that trained the full budget (successive
+    halving drops the others); ties go to the earlier candidate. An arm none of whose candidates has a
+    finite mean (every one failed) gets no selection: it is left out."""
     chosen = {}
     for arm, rows in table.items():
-        scored = [r for r in rows if math.isfinite(r["mean"])]
+        scored = [r for r in rows if math.isfinite(r["mean"]) and r.get("halted") is None]
         if not scored:
             continue
         best = scored[0]
@@ -302,6 +388,65 @@ def at_edge(spec: TuneSpec, candidate: dict[str, str]) -> list[str]:
 def tuning_open(m: Manifest) -> bool:
     """Whether a tuned sweep has still to select (its final trials wait for their tuned values)."""
     return spec_of(m) is not None and "selected" not in m.extra
+
+
+# --------------------------------------------------------------------------------------------
+# successive halving: every candidate trains to the first rung's share of the budget, the best 1/ETA per
+# arm continue (resumed from their checkpoints: no step is trained twice), and so on to the full budget
+
+
+def promote(m: Manifest, sweep_dir: str | Path) -> list[str]:
+    """Close the rung every tuning trial of ``m`` has reached: per arm, rank the candidates by the mean over
+    the tuning seeds of their best validation value so far (failures worst, ties to the earlier one), keep
+    the best ``candidates`` of the next rung and raise their budget to its share, mark the others
+    ``halted``. Returns a line per arm (nothing when the last rung is done); call when :func:`waiting`
+    is empty. The record of every rung is kept in ``m.extra["halving"]``."""
+    spec = spec_of(m)
+    if spec is None or not spec.halving:
+        return []
+    rungs = spec.rungs()
+    table = tuning_table(m, sweep_dir)
+    lines = []
+    for arm, rows in table.items():
+        live = [r for r in rows if r.get("halted") is None]
+        mine = [
+            t
+            for t in m.trials
+            if phase(t) == TUNE and t.extra["arm"] == arm and t.extra.get("halted") is None
+        ]
+        shares = {float(t.extra.get("budget") or 1.0) for t in mine}
+        if not mine or len(shares) != 1 or max(shares) >= 1.0:
+            continue
+        share = shares.pop()
+        nxt = next(i for i, r in enumerate(rungs) if r["share"] > share + 1e-9)
+        keep = min(len(live), int(rungs[nxt]["candidates"]))
+        better = -1.0 if live and live[0]["mode"] == "min" else 1.0
+        order = sorted(
+            range(len(live)), key=lambda i: (-better * live[i]["mean"], i)
+        )  # stable: ties to earlier
+        kept = [live[i]["candidate"] for i in order[:keep]]
+        for t in mine:
+            if t.extra["candidate"] in kept:
+                t.extra["budget"] = rungs[nxt]["share"]
+            else:
+                t.extra["halted"] = share
+        entry = {"arm": arm, "share": share, "scores": [[r["candidate"], _finite(r["mean"])] for r in live],
+                 "kept": kept}  # fmt: skip
+        m.extra.setdefault("halving", []).append(entry)
+        shown = "; ".join(" ".join(f"{k}={v}" for k, v in c.items()) for c in kept)
+        lines.append(f"halving {arm} at {share:.3g} of the budget: {len(kept)} of {len(live)} go on to"
+                     f" {rungs[nxt]['share']:.3g}: {shown}")  # fmt: skip
+    return lines
+
+
+def waiting(m: Manifest, sweep_dir: str | Path) -> list[Trial]:
+    """The tuning trials that have not yet trained to their budget (and were not dropped or told)."""
+    return [
+        t
+        for t in m.trials
+        if phase(t) == TUNE and t.extra.get("halted") is None and t.status != "failed"
+        and not at_budget(sweep_dir, t)
+    ]  # fmt: skip
 
 
 NOT_RUN = "not_run"  # a final trial's mark: its arm selected nothing, so it never runs
@@ -373,7 +518,13 @@ def apply_selection(m: Manifest, sweep_dir: str | Path) -> tuple[dict[str, dict[
         m.extra["unselected"] = unselected
     m.extra["tuning"] = {
         arm: [
-            {"candidate": r["candidate"], "mean": _finite(r["mean"]), "n": r["n"], "failed": r["failed"]}
+            {
+                "candidate": r["candidate"],
+                "mean": _finite(r["mean"]),
+                "n": r["n"],
+                "failed": r["failed"],
+                **({"halted": r["halted"]} if r.get("halted") is not None else {}),
+            }
             for r in rows
         ]
         for arm, rows in table.items()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]  # tests/test_suite_speed.py runs a small session of its own
+
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("ATTN_RUN_DIR", None)
@@ -71,3 +73,31 @@ def hub_repo(tmp_path):
         return str(root)
 
     return make
+
+
+# --------------------------------------------------------------------------------------------
+# The fast subset stays fast: a test that is not marked ``slow`` (or ``slurm``) and runs longer than
+# SLOW_LIMIT_S seconds fails the session, listed with its time. The aim is ~10 s (a test that trains for
+# longer is an end-to-end test: mark it slow); the limit leaves room for slower machines and a loaded
+# one. ATTN_SLOW_LIMIT_S overrides it (0: no check).
+SLOW_LIMIT_S = float(os.environ.get("ATTN_SLOW_LIMIT_S", "20"))
+_unmarked_slow: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" or SLOW_LIMIT_S <= 0 or report.duration <= SLOW_LIMIT_S:
+        return
+    if not ({"slow", "slurm"} & set(report.keywords)):
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _unmarked_slow:
+        terminalreporter.section(f"tests over {SLOW_LIMIT_S:g} s not marked slow")
+        for nodeid, seconds in sorted(_unmarked_slow, key=lambda x: -x[1]):
+            terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unmarked_slow and session.exitstatus == 0:
+        session.exitstatus = 1  # an unmarked slow test fails the run (see the section above)

@@ -19,6 +19,8 @@ from attn.models.attention import (
 from attn.models.softmax import get_softmax
 
 KINDS = ["dot", "scaled_dot", "general", "additive", "local", "linear", "sigmoid"]
+# issue 34's additions (tests/test_modern_attention.py) beside the classic seven
+ALL_KINDS = [*KINDS, "differential", "qknorm", "selective", "stick_breaking"]
 NORMALISED = ["dot", "scaled_dot", "general", "additive", "local"]
 SHAPES = [  # B, H, Lq, Lk, D
     (2, 3, 5, 7, 6),
@@ -47,6 +49,7 @@ def reference(kind, fn, q, k, v, mask, causal, temperature, softmax="softmax", s
     """Plain float64 loops over batch, head and query; returns (out, weights)."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
+    fn = getattr(fn, "kind", fn)  # a score kind's parameters live on the kind inside the shared path
     out = torch.zeros(b, h, lq, v.shape[-1], dtype=torch.float64)
     weights = torch.zeros(b, h, lq, lk, dtype=torch.float64)
     full = torch.ones(b, h, lq, lk, dtype=torch.bool) if mask is None else mask.expand(b, h, lq, lk)
@@ -95,7 +98,10 @@ def reference(kind, fn, q, k, v, mask, causal, temperature, softmax="softmax", s
 
 
 def test_registry():
-    assert list_attention() == sorted(KINDS)
+    from attn.models.attention import BUILTIN_KINDS
+
+    assert sorted(BUILTIN_KINDS) == sorted(ALL_KINDS)  # plugins' kinds of other tests may be registered too
+    assert set(ALL_KINDS) <= set(list_attention())
     with pytest.raises(ValueError, match=r"unknown attention kind 'flash'; valid choices: additive"):
         get_attention("flash")
     assert isinstance(get_attention("general"), type) and isinstance(get_attention("additive"), type)
@@ -175,7 +181,7 @@ def test_gradcheck(kind, causal):
         return fn(q, k, v, mask=mask, is_causal=causal, temperature=0.8)[0]
 
     assert torch.autograd.gradcheck(f, inputs)
-    if isinstance(fn, torch.nn.Module):  # and the kind's own parameters
+    if isinstance(fn, torch.nn.Module) and list(fn.parameters()):  # and the kind's own parameters
         params = list(fn.parameters())
 
         def g(*ps):
@@ -209,17 +215,19 @@ def test_fused_uses_sdpa_with_temperature_in_scale(monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     q = k = v = torch.randn(1, 1, 3, 16)
-    get_attention("scaled_dot")(q, k, v, temperature=2.0)
-    get_attention("dot")(q, k, v, temperature=4.0)
-    get_attention("scaled_dot")(q, k, v, softmax="sparsemax")  # reference path: no call
-    get_attention("scaled_dot")(q, k, v, need_weights=True)  # reference path: no call
+    build_attention("scaled_dot", head_dim=q.shape[-1])(q, k, v, temperature=2.0)
+    build_attention("dot", head_dim=q.shape[-1])(q, k, v, temperature=4.0)
+    build_attention("scaled_dot", head_dim=q.shape[-1])(
+        q, k, v, softmax="sparsemax"
+    )  # reference path: no call
+    build_attention("scaled_dot", head_dim=q.shape[-1])(q, k, v, need_weights=True)  # reference path: no call
     assert calls == [pytest.approx(1 / (2.0 * 4)), pytest.approx(0.25)]
 
 
 def test_fused_true_rejects_impossible_requests():
     q = k = v = torch.randn(1, 1, 3, 4)
     with pytest.raises(ValueError, match="fused attention needs softmax=softmax"):
-        get_attention("scaled_dot")(q, k, v, softmax="sparsemax", fused=True)
+        build_attention("scaled_dot", head_dim=q.shape[-1])(q, k, v, softmax="sparsemax", fused=True)
     with pytest.raises(ValueError, match="fused"):
         check_combination("scaled_dot", softmax="entmax15", params={"fused": True})
 
@@ -239,7 +247,7 @@ def test_chapter_worked_example():
     x = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.float64)
     h = torch.tensor([1.0, 1, 1], dtype=torch.float64)
     q, kv = h.view(1, 1, 1, 3), x.view(1, 1, 3, 3)
-    out, w = get_attention("dot")(q, kv, kv, need_weights=True)
+    out, w = build_attention("dot", head_dim=q.shape[-1])(q, kv, kv, need_weights=True)
     torch.testing.assert_close(
         (kv @ q.transpose(-1, -2)).flatten(), torch.tensor([2.0, 1, 2], dtype=torch.float64)
     )
@@ -251,7 +259,7 @@ def test_chapter_worked_example():
     )
     ctx = torch.tensor([0.844638, 0.577681, 0.422319], dtype=torch.float64)
     torch.testing.assert_close(out.flatten(), ctx, atol=1e-6, rtol=0)
-    fused, _ = get_attention("dot")(q, kv, kv)
+    fused, _ = build_attention("dot", head_dim=q.shape[-1])(q, kv, kv)
     torch.testing.assert_close(fused.flatten(), ctx, atol=1e-6, rtol=0)
 
 
@@ -269,10 +277,10 @@ def test_additive_chunking_matches_whole_and_bounds_memory():
     q.requires_grad_()
     whole, _ = fn(q, k, v)
     (g_whole,) = torch.autograd.grad(whole.sum(), q)
-    fn.chunk_elems = 2 * 2 * 17 * 4 * 5  # 5 queries per chunk
+    fn.kind.chunk_elems = 2 * 2 * 17 * 4 * 5  # 5 queries per chunk
     seen = []
-    real = fn._scores
-    fn._scores = lambda wq, uk: seen.append(wq.shape[2]) or real(wq, uk)
+    real = fn.kind._scores
+    fn.kind._scores = lambda wq, uk: seen.append(wq.shape[2]) or real(wq, uk)
     chunked, _ = fn(q, k, v)
     (g_chunk,) = torch.autograd.grad(chunked.sum(), q)
     assert max(seen) == 5
@@ -310,17 +318,19 @@ def test_incompatible_combinations_rejected(kind, kwargs, message):
 def test_linear_rejects_non_key_padding_mask():
     q = k = v = torch.randn(1, 1, 3, 2)
     with pytest.raises(ValueError, match="key-padding masks only"):
-        get_attention("linear")(q, k, v, mask=torch.ones(1, 1, 3, 3, dtype=torch.bool))
+        build_attention("linear", head_dim=q.shape[-1])(
+            q, k, v, mask=torch.ones(1, 1, 3, 3, dtype=torch.bool)
+        )
 
 
 def test_bad_inputs():
     q = torch.randn(1, 1, 3, 4)
     with pytest.raises(ValueError, match="mask must be boolean"):
-        get_attention("scaled_dot")(q, q, q, mask=torch.ones(1, 1, 3, 3))
+        build_attention("scaled_dot", head_dim=q.shape[-1])(q, q, q, mask=torch.ones(1, 1, 3, 3))
     with pytest.raises(ValueError, match=r"must be \[B, H, L, D\]"):
-        get_attention("dot")(q[0], q[0], q[0])
+        build_attention("dot", head_dim=q.shape[-1])(q[0], q[0], q[0])
     with pytest.raises(ValueError, match="temperature must be a finite number > 0, got -1"):
-        get_attention("scaled_dot")(q, q, q, temperature=-1)
+        build_attention("scaled_dot", head_dim=q.shape[-1])(q, q, q, temperature=-1)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -59,7 +59,7 @@ def test_cfg_job_prints_config():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("attention=foo", "unknown attention 'foo'; valid choices: additive, dot"),
+        ("attention=foo", "unknown attention 'foo'; valid choices: additive, differential, dot"),
         ("trainer.max_epoch=3", "unknown config key 'trainer.max_epoch'"),
         ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is invalid"),
         ("softmax.temperature=0", "softmax.temperature=0 is invalid"),
@@ -146,7 +146,8 @@ def test_help_lists_the_config_options_and_presets():
 
     runner = CliRunner()
     train = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "300"}).output
-    for line in ("attention: additive, dot, general, linear, local, scaled_dot, sigmoid",
+    kinds = "additive, differential, dot, general, linear, local, qknorm, scaled_dot, selective, sigmoid"
+    for line in (f"attention: {kinds}, stick_breaking",
                  "precision: 32, bf16-mixed", "trainer: cpu, ddp, ddp_cpu, ddp_fork, gpu",
                  "+key=value", "resume=<run dir>"):  # fmt: skip
         assert line in train, line
@@ -154,8 +155,8 @@ def test_help_lists_the_config_options_and_presets():
     sweep = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "300"}).output
     presets = (
         "attention_kinds, first, hard_classification_tuned, hard_tasks, length_generalisation,"
-        " max_retrieval_temperature, mqar_kinds, mqar_kinds_tuned, mqar_temperature_tuned, smoke, study,"
-        " temperature"
+        " max_retrieval_temperature, modern_kinds_tuned, mqar_kinds, mqar_kinds_tuned,"
+        " mqar_temperature_tuned, smoke, study, temperature"
     )
     assert presets in " ".join(sweep.replace("│", " ").split())
     bench = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "300"}).output

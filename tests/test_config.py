@@ -37,6 +37,11 @@ def test_every_group_option_composes(group, option, tmp_path, monkeypatch):
         overrides.append(f"task.datamodule.path={tmp_path}")
     if group == "softmax" and option != "softmax":
         overrides.append("attention=scaled_dot")
+    if (group, option) in (("attention", "selective"), ("attention", "stick_breaking")) or option in (
+        "modern_selective",
+        "modern_stick_breaking",
+    ):  # causal-only kinds: a causal task
+        overrides.append("task=mqar")
     cfg = load(overrides)
     if group == "attention":
         assert cfg.attention.kind == option
@@ -59,7 +64,7 @@ def test_typed_values():
 
 
 BAD = [
-    ("attention=foo", "unknown attention 'foo'", "valid choices: additive, dot, general"),
+    ("attention=foo", "unknown attention 'foo'", "valid choices: additive, differential, dot, general"),
     ("softmax=softmax2", "unknown softmax 'softmax2'", "valid choices: entmax15, softmax, softmax1"),
     ("task=vision", "unknown task 'vision'", "valid choices: ag_news, classification, fortunes"),
     ("trainer.max_epoch=3", "unknown config key 'trainer.max_epoch'", "did you mean 'max_epochs'"),
@@ -84,7 +89,7 @@ BAD = [
     ("task.datamodule.batch_size=abc", "task.datamodule.batch_size='abc'", "expected int"),
     ("seed=abc", "seed='abc'", "expected int"),
     ("optim.lr=-1", "optim.lr=-1", "> 0"),
-    ("attention=", "attention= needs an option", "valid choices: additive, dot"),
+    ("attention=", "attention= needs an option", "valid choices: additive, differential, dot"),
     ("seed=-1", "seed=-1 is invalid", "[0, 2**32 - 1]"),
     ("seed=4294967296", "seed=4294967296 is invalid", "[0, 2**32 - 1]"),
     ("task.datamodule.batch_size=0", "task.datamodule.batch_size=0 is invalid", ">= 1"),
@@ -179,3 +184,29 @@ def test_sizes_that_would_divide_by_zero_or_fail_late_are_one_line(overrides, na
     with pytest.raises(ConfigError) as e:
         load(overrides)
     assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_composing_group_choices_once_gives_hydras_composition():
+    """compose() composes each combination of group choices once and applies the value overrides with
+    Hydra's own override step: the same config as Hydra's full composition, for every trial of the study
+    presets and for overrides of every form."""
+    from omegaconf import OmegaConf
+
+    from attn.runner.config import _compose_raw, _quote_numeric_option, compose
+    from attn.runner.sweep import expand, load_preset
+
+    cases = [
+        ["task=mqar", "seed=3", "attention=local", "attention.params.window=3"],
+        ["precision=32", "trainer.max_epochs=2", "+foo=1", "~diagnostics.images"],
+        ["experiment=modern_sink", "task=mqar", "optim.lr=0.003", "++trainer.stop_at=0.99"],
+        ["task=translation", "attention=additive", "softmax=entmax15", "softmax.temperature=learnable"],
+        ["model.positions=alibi", "task=mqar", "task.eval_lengths=[8,16]", "name=${task.name}-x"],
+    ]
+    for preset in ("hard_tasks", "mqar_kinds", "modern_kinds_tuned", "length_generalisation"):
+        p = load_preset(preset)
+        _, trials = expand([*p["overrides"], *(f"{k}={v}" for k, v in p["grid"].items())])
+        cases += trials[:: max(1, len(trials) // 6)]
+    for overrides in cases:
+        fast = OmegaConf.to_container(compose(overrides))
+        full = OmegaConf.to_container(_compose_raw([_quote_numeric_option(o) for o in overrides]))
+        assert fast == full, overrides

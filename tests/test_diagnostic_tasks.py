@@ -163,6 +163,7 @@ def test_length_evaluation_records_metric_and_entropy_at_each_length(kind, fast)
     assert 0.0 <= m["test/bow_acc"] <= 1.0
 
 
+@pytest.mark.slow  # trains for a minute or more: an end-to-end result
 def test_mqar_separates_softmax_from_linear_attention(fast):
     """Zoology's gap, reproduced in miniature (the full-size numbers are in the README's Findings)."""
     common = [*fast, "task=mqar", "task.datamodule.pairs=4", "task.datamodule.keys=16",
@@ -193,7 +194,7 @@ def test_report_plots_metric_and_entropy_against_length(tmp_path):
         groups.append(Group("max_retrieval", (kind, "softmax", 1.0), [], stats, None, chance=0.25))
     panels = length_panels(groups, "test/acc")
     assert [label for label, _ in panels] == [
-        "test/acc", "attention entropy, layer 0 (nats)", "attention entropy, layer 1 (nats)",
+        "test/acc", "attention entropy (nats), layer 0", "attention entropy (nats), layer 1",
     ]  # fmt: skip
     half = 4.302653 * 0.01 / math.sqrt(3)  # the 95% t-interval of 3 seeds with std 0.01
     assert panels[0][1]["scaled_dot / softmax / 1.0"][1] == pytest.approx((16, 0.45, half, half), rel=1e-5)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from attn.models.attention import MultiHeadAttention, check_positions, get_attention
+from attn.models.attention import MultiHeadAttention, build_attention, check_positions
 from attn.models.positions import alibi_bias, alibi_slopes, rope_rotate
 from attn.models.softmax import ScalableSoftmax, logn_scale, visible_keys
 from attn.runner.config import load
@@ -97,11 +97,11 @@ def test_alibi_in_scaled_dot_matches_the_plain_formula_with_masks(fused, causal)
     bias = alibi_bias(4, 6, 6).double()
     full = keep & (torch.ones(6, 6, dtype=torch.bool).tril() if causal else True)
     ref, w_ref = plain_attention(q, k, v, bias, full)
-    out, _ = get_attention("scaled_dot")(
+    out, _ = build_attention("scaled_dot", head_dim=q.shape[-1])(
         q, k, v, mask=keep, is_causal=causal, fused=fused, position_bias=bias
     )
     assert torch.allclose(out, ref, atol=1e-10) and torch.isfinite(out).all()
-    _, w = get_attention("scaled_dot")(
+    _, w = build_attention("scaled_dot", head_dim=q.shape[-1])(
         q, k, v, mask=keep, is_causal=causal, need_weights=True, position_bias=bias
     )
     assert torch.allclose(w, w_ref, atol=1e-12)
@@ -115,7 +115,9 @@ def test_alibi_with_a_temperature_divides_the_whole_logit_fused_or_not():
     # a fixed temperature divides q.k and the bias alike: softmax((q.k / sqrt(D) + b) / T)
     ref, _ = plain_attention(q, k, v, bias / t, torch.ones(5, 5, dtype=torch.bool), factor=1 / t)
     for fused in (None, False):
-        out, _ = get_attention("scaled_dot")(q, k, v, temperature=t, fused=fused, position_bias=bias)
+        out, _ = build_attention("scaled_dot", head_dim=q.shape[-1])(
+            q, k, v, temperature=t, fused=fused, position_bias=bias
+        )
         assert torch.allclose(out, ref, atol=1e-10)
 
 

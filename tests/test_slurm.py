@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTN = str(Path(sys.executable).parent / "attn")
 TINY = ["model=small", "logger=csv", "baseline=false", "task.datamodule.n_train=128"]
 
+# One cluster for the whole suite: its tests run one after another on one xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 
 # --------------------------------------------------------------------------------------------
 # hydra.launcher.* settings

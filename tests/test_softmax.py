@@ -307,6 +307,6 @@ def test_a_scalar_per_head_gets_no_weight_decay(temperature):
     per_head = [n for n in names if n.endswith(scalar)]
     assert per_head and not any(names[n] for n in per_head)
     block = "net.encoder.blocks.0.attn"
-    assert names[f"{block}.qkv_proj.weight"] and names[f"{block}.attention.weight"]
+    assert names[f"{block}.qkv_proj.weight"] and names[f"{block}.attention.kind.weight"]
     assert not names["net.encoder.blocks.0.attn.qkv_proj.bias"]
     assert not any(v for n, v in names.items() if "embed" in n)

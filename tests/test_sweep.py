@@ -72,13 +72,17 @@ def test_presets_plan_and_command_line_values_override_them(tmp_path):
     assert m["grid"] == {"attention": ["scaled_dot", "additive"]}
     assert all("softmax.temperature=1" in t["overrides"] for t in m["trials"])
     assert len(plan(["sweep=temperature"])[0]["trials"]) == 15
-    assert len(plan(["sweep=attention_kinds"])[0]["trials"]) == 21
-    study, _ = plan(["sweep=study"])
-    assert len(study["trials"]) == 7 * 5 * 3 * 3
     # A preset may name its launcher; the command line wins (another launcher drops the preset's n_jobs).
     first = [plan(["sweep=first", *extra])[0] for extra in ([], ["launcher=basic"], ["n_jobs=1"])]
     assert [(m["launcher"], m["n_jobs"]) for m in first] == [("joblib", 2), ("basic", 1), ("joblib", 1)]
     assert len(first[0]["trials"]) == 6
+
+
+@pytest.mark.slow  # composes and checks 336 trial configs (~30 s)
+def test_the_large_presets_plan():
+    assert len(plan(["sweep=attention_kinds"])[0]["trials"]) == 21
+    study, _ = plan(["sweep=study"])
+    assert len(study["trials"]) == 7 * 5 * 3 * 3
 
 
 @pytest.mark.parametrize(

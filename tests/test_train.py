@@ -77,6 +77,7 @@ def test_crash_writes_failed_record(train):
     assert on_disk["error"] and "\n" not in on_disk["error"]
 
 
+@pytest.mark.slow  # trains for a minute or more: an end-to-end result
 def test_default_task_beats_bag_of_words(train):
     """The embedded default: attention learns what a bag of words cannot (short run here)."""
     record, _ = train(

