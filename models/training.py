@@ -125,10 +125,16 @@ class AttnModule(L.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (decay if decays(name, p) else no_decay).append(p)
+        # One fused kernel for every parameter (CPU and GPU): a fifth of the per-tensor loop's time on the
+        # tiny models (0.19 against 0.9-1.1 ms a step, AMD EPYC, 2 threads). With float16 AMP the grad scaler
+        # unscales inside a fused step, which Lightning's gradient clipping refuses: the multi-tensor loop.
+        precision = str(getattr(self._trainer, "precision", "32-true")) if self._trainer is not None else ""
+        impl = {"foreach": True} if precision.startswith("16") else {"fused": True}
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
             betas=self.betas,
+            **impl,
         )
         # The schedule's length is known once the training loader exists (see on_train_start);
         # asking Lightning for it here would build the loader before a checkpoint is restored.
