@@ -83,6 +83,10 @@ class SequenceTaskDataModule(SplitDataModule):
         """The smallest and largest ``length`` the task's vocabulary allows."""
         raise NotImplementedError
 
+    def limit(self) -> str:
+        """Why ``length`` has the upper bound it has (said with a length out of range), or ''."""
+        return ""
+
     def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` examples at ``length``: ids ``[n, tokens]`` and targets ``[n, tokens]``."""
         raise NotImplementedError
@@ -97,8 +101,9 @@ class SequenceTaskDataModule(SplitDataModule):
             ("task.eval_lengths", v) for v in params.get("eval_lengths") or []
         ]:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                why = f": {self.limit()}" if self.limit() else ""
                 raise ValueError(
-                    f"{where}={value!r} is invalid: {name} must be an integer in [{low}, {high}]"
+                    f"{where}={value!r} is invalid: {name} must be an integer in [{low}, {high}]{why}"
                 )
             if self.tokens(value) > params["max_len"]:
                 raise ValueError(
@@ -163,9 +168,14 @@ class SequenceTaskDataModule(SplitDataModule):
         """Nothing to save: the data is regenerated from the seed."""
 
 
-def _random_order(n: int, k: int, g: torch.Generator) -> Tensor:
-    """``[n, k]``: each row a random permutation of ``0 .. k-1``."""
-    return torch.rand(n, k, generator=g).argsort(dim=1)
+def _random_order(n: int, k: int, g: torch.Generator, first: int | None = None) -> Tensor:
+    """``[n, first]``: the first ``first`` (default ``k``) entries of a random permutation of ``0 .. k-1`` per
+    row. Drawn in blocks of about 2**22 numbers (one draw of ``rand(n, k)`` gives the same numbers), so
+    Zoology's 4,096 keys for 100,000 sequences need no 1.6 GB table."""
+    rows = max(1, 2**22 // k)
+    return torch.cat(
+        [torch.rand(min(rows, n - i), k, generator=g).argsort(dim=1)[:, :first] for i in range(0, n, rows)]
+    )
 
 
 class MQARDataModule(SequenceTaskDataModule):
@@ -176,9 +186,13 @@ class MQARDataModule(SequenceTaskDataModule):
     * ``generator="zoology"``, Zoology's (Arora et al. 2023, ``multiquery_ar``): values distinct too, and
       the queries placed in a region of ``2 * query_slots * pairs`` tokens at slots drawn without
       replacement from a power law (``p(s) ~ s^(power_a - 1)``, most queries near the pairs), every other
-      position of the region a random token (Zoology draws it from the whole vocabulary, padding
-      included; here from the real tokens). 8 tokens per pair by default: Zoology's 64 tokens for 8 pairs.
-      Order-blind ceiling: 1/pairs (0.125 for 8): the values present are equally likely answers.
+      position of the region a filler: a random token (``filler="random"``; Zoology draws it from the whole
+      vocabulary, padding included; here from the real tokens) or token 0 (``filler="zero"``, Zoology's
+      Figure 2, ``random_non_queries=False``; 0 is then an ordinary token, not padding). 8 tokens per pair
+      by default (``query_slots=3``); Figure 2 reads 16 (``query_slots=7``: 64 tokens for 4 pairs).
+      ``vocab_size`` splits a vocabulary as Zoology does: keys ``1 .. V/2 - 1``, values ``V/2 .. V - 1``
+      (8,192: 4,095 keys and 4,096 values). Order-blind ceiling: 1/pairs (0.125 for 8): the values
+      present are equally likely answers.
     * ``generator="attn"`` (the default, every number measured before this option): values drawn with
       replacement (36% of 8-pair sequences repeat one), the queries right after the pairs in random
       order, 3 tokens per pair. Order-blind ceiling: the expected largest count of a value over
@@ -187,6 +201,7 @@ class MQARDataModule(SequenceTaskDataModule):
 
     length_name = "pairs"
     GENERATORS = ("attn", "zoology")
+    FILLERS = ("random", "zero")
 
     def __init__(
         self,
@@ -197,19 +212,27 @@ class MQARDataModule(SequenceTaskDataModule):
         generator: str = "attn",
         query_slots: int = 3,
         power_a: float = 0.01,
+        filler: str = "random",
+        vocab_size: int | None = None,
         **kw: Any,
     ) -> None:
+        if vocab_size is not None:
+            check_sizes("task.datamodule", {"vocab_size": vocab_size}, low=4)
+            keys, values = vocab_size // 2 - 1, vocab_size - vocab_size // 2  # Zoology's split
         check_sizes("task.datamodule", {"keys": keys, "values": values, "query_slots": query_slots})
-        if generator not in self.GENERATORS:
-            raise ValueError(
-                f"task.datamodule.generator={generator!r} is unknown; valid choices:"
-                f" {', '.join(self.GENERATORS)}"
-            )
+        for name, value, choices in (
+            ("generator", generator, self.GENERATORS),
+            ("filler", filler, self.FILLERS),
+        ):
+            if value not in choices:
+                raise ValueError(
+                    f"task.datamodule.{name}={value!r} is unknown; valid choices: {', '.join(choices)}"
+                )
         if isinstance(power_a, bool) or not isinstance(power_a, int | float) or not 0 < power_a <= 1:
             raise ValueError(
                 f"task.datamodule.power_a={power_a!r} is invalid: must be in (0, 1] (1 = uniform)"
             )
-        self.keys, self.values, self.generator = keys, values, generator
+        self.keys, self.values, self.generator, self.filler = keys, values, generator, filler
         self.query_slots, self.power_a = query_slots, float(power_a)
         self.vocab_size = 1 + keys + values
         self.chance = 1.0 / values
@@ -221,8 +244,16 @@ class MQARDataModule(SequenceTaskDataModule):
     def valid_lengths(self) -> tuple[int, int]:
         return 1, self.keys if self.generator == "attn" else min(self.keys, self.values)
 
+    def limit(self) -> str:
+        distinct = "distinct keys" if self.generator == "attn" else "distinct keys and distinct values"
+        return f"a sequence's pairs need {distinct} ({self.keys} keys, {self.values} values)"
+
+    def module_kwargs(self) -> dict[str, Any]:
+        zero = self.generator == "zoology" and self.filler == "zero"
+        return {**super().module_kwargs(), **({"padding": False} if zero else {})}  # 0: a token, not padding
+
     def generate(self, n: int, length: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        keys = _random_order(n, self.keys, g)[:, :length] + 1
+        keys = _random_order(n, self.keys, g, length) + 1
         if self.generator == "zoology":
             return self._zoology(keys, g)
         values = torch.randint(0, self.values, (n, length), generator=g) + 1 + self.keys
@@ -236,11 +267,14 @@ class MQARDataModule(SequenceTaskDataModule):
 
     def _zoology(self, keys: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
         n, length = keys.shape
-        values = _random_order(n, self.values, g)[:, :length] + 1 + self.keys
+        values = _random_order(n, self.values, g, length) + 1 + self.keys
         space = self.query_slots * length
         p = self.power_a * torch.arange(1, space + 1, dtype=torch.float64) ** (self.power_a - 1)
         slots = torch.multinomial((p / p.sum()).expand(n, space), length, replacement=False, generator=g)
-        region = torch.randint(1, self.vocab_size, (n, 2 * space), generator=g)  # filler: any real token
+        if self.filler == "zero":
+            region = torch.zeros(n, 2 * space, dtype=torch.long)
+        else:
+            region = torch.randint(1, self.vocab_size, (n, 2 * space), generator=g)  # any real token
         region.scatter_(1, 2 * slots, keys)  # key i is queried at slot slots[i]
         answers = torch.full_like(region, IGNORE)
         answers.scatter_(1, 2 * slots, values)

@@ -965,6 +965,20 @@ class MultiHeadAttention(nn.Module):
             self.learned_temperature = None
             self.temperature = float(temperature)
 
+    def state_elements(self, length: int) -> int:
+        """The elements this attention carries per sequence at inference after ``length`` tokens: its key
+        and value cache ``2 * length * kv_dim`` (``local``: the last ``window`` positions only), or for
+        ``linear`` its running sums ``S = sum phi(k) v^T`` and ``z = sum phi(k)``, ``n_kv_heads * (f * d_head
+        + f)`` with ``f = d_head`` (elu + 1 keeps the width). A kind registered by a plugin counts as a
+        full cache."""
+        kv_dim = self.n_kv_heads * self.head_dim
+        if self.kind == "linear":
+            return self.n_kv_heads * (self.head_dim * self.head_dim + self.head_dim)
+        window = getattr(getattr(self.attention, "kind", None), "window", None)
+        if self.kind == "local" and window is not None:
+            return 2 * min(window, length) * kv_dim
+        return 2 * length * kv_dim
+
     def current_temperature(self) -> float | Tensor:
         """The temperature in use: a float, or the learned per-head tensor ``[H, 1, 1]``."""
         lt = self.learned_temperature

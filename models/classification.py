@@ -25,7 +25,8 @@ class ClassificationModule(AttnModule):
     Logs ``{train,val,test}/loss`` (the negative log-likelihood) and ``{val,test}/acc``;
     the test split also gets macro-F1 (``test/f1``), the 15-bin expected calibration error
     (``test/ece``) and the number of examples scored (``test/examples``); every test example's label,
-    prediction and class probabilities go to ``predictions/test.tsv`` in the run directory.
+    prediction and class probabilities (and its text, where the data module gives ``prediction_text``) go
+    to ``predictions/test.tsv`` in the run directory.
     """
 
     CAUSAL = False  # its self-attention: every token reads every other
@@ -82,7 +83,9 @@ class ClassificationModule(AttnModule):
         names = getattr(dm, "label_names", None) or getattr(dm, "classes", None)
         n = self.test_metrics["acc"].num_classes
         self._names = [str(c) for c in names] if names and len(names) == n else [str(i) for i in range(n)]
-        self._predictions = PredictionTable(["label", "predicted", *[f"p_{c}" for c in self._names]])
+        self._text = getattr(dm, "prediction_text", None)  # a generated task's input as text (ListOps)
+        text = ["text"] if self._text else []
+        self._predictions = PredictionTable([*text, "label", "predicted", *[f"p_{c}" for c in self._names]])
 
     def on_test_epoch_end(self) -> None:
         self.prediction_info = self._gather_predictions()
@@ -95,6 +98,8 @@ class ClassificationModule(AttnModule):
             names = self._names
             pairs = zip(y.tolist(), probs.float(), strict=True)
             rows = [[names[t], names[int(p.argmax())], *p.tolist()] for t, p in pairs]
+            if self._text:
+                rows = [[self._text(x), *row] for x, row in zip(ids.tolist(), rows, strict=True)]
             self._predictions.add(self._trainer, rows)
         self.test_metrics.update(probs, y)
         self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)

@@ -7,6 +7,8 @@ Lightning callback that logs them on a few validation batches every validation e
 
 from __future__ import annotations
 
+import inspect
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -81,13 +83,16 @@ class AttentionDiagnostics(L.Callback):
         sums: dict[str, Tensor] = {}
         first: list[Tensor] | None = None
         was_training = net.training
+        # a next-token model's head is not needed here (over a large vocabulary, most of the cost)
+        no_head = "at" in inspect.signature(net.forward).parameters
         net.eval()
         with torch.no_grad():
             for i, (inputs, _) in enumerate(loader):
                 if i >= self.batches:
                     break
                 inputs = inputs.to(pl_module.device)
-                _, weights = net(inputs, need_weights=True)
+                at = {"at": torch.zeros_like(inputs, dtype=torch.bool)} if no_head else {}
+                _, weights = net(inputs, need_weights=True, **at)
                 keep = net.padding_mask(inputs)  # [B, L] real (not padded) positions
                 for layer, w in enumerate(weights[:layers]):  # a classifier's pooling weights come last
                     for stat, per_head in attention_stats(w, keep).items():

@@ -2,6 +2,8 @@
 
 * ``sinusoidal`` (Vaswani et al., 2017): a fixed table ``[max_len, d]`` added to the token embeddings;
   positions beyond the training length are ones the model never saw.
+* ``learned`` (GPT-2; Zoology's MQAR models): a trained table ``[max_len, d]`` added to the token embeddings;
+  positions beyond the training length keep their initial random rows.
 * ``none`` (NoPE; Kazemnejad et al., 2023): nothing; a causal model can still infer order from its mask.
 * ``rope`` (Su et al., 2021, RoFormer): each pair ``(x_2i, x_2i+1)`` of a query or key at position ``m``
   is rotated by the angle ``m * theta_i``, ``theta_i = base^(-2i/D)``, so ``q_m . k_n`` depends on the
@@ -20,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-POSITIONS = ("sinusoidal", "none", "rope", "alibi")
+POSITIONS = ("sinusoidal", "learned", "none", "rope", "alibi")
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> Tensor:

@@ -18,7 +18,8 @@ from .transformer import Encoder, feed_forward
 
 
 class DecoderBlock(nn.Module):
-    """``x + SelfAttn_causal(LN(x))``, ``x + CrossAttn(LN(x), memory)``, ``x + MLP(LN(x))``."""
+    """``x + SelfAttn_causal(LN(x))``, ``x + CrossAttn(LN(x), memory)``, ``x + MLP(LN(x))`` (no MLP at
+    ``mlp_ratio=0``)."""
 
     def __init__(
         self,
@@ -31,16 +32,17 @@ class DecoderBlock(nn.Module):
         layer: int = 0,
     ) -> None:
         super().__init__()
-        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.self_attn = MultiHeadAttention(d_model, n_heads, layer=layer, **attention)
         self.cross_attn = MultiHeadAttention(d_model, n_heads, cross=True, layer=layer, **attention)
         self.mlp = feed_forward(d_model, mlp_ratio, dropout)
+        self.ln3 = nn.LayerNorm(d_model) if self.mlp is not None else None
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
         x = x + self.drop(self.self_attn(self.ln1(x), is_causal=True)[0])
         x = x + self.drop(self.cross_attn(self.ln2(x), memory, mask=memory_mask)[0])
-        return x + self.mlp(self.ln3(x))
+        return x if self.mlp is None else x + self.mlp(self.ln3(x))
 
 
 class Seq2SeqTransformer(nn.Module):

@@ -22,24 +22,36 @@ IGNORE = -100
 
 class SequenceModel(nn.Module):
     """Token embedding + causal :class:`~attn.models.transformer.Encoder` + linear head over the
-    vocabulary: ``ids [B, L]`` -> logits ``[B, L, V]``. ``net`` holds the ``model`` config group."""
+    vocabulary: ``ids [B, L]`` -> logits ``[B, L, V]``. ``net`` holds the ``model`` config group
+    (``tie_embeddings``: the head is the token embedding, without bias, as Zoology's models);
+    ``padding=False`` makes token 0 an ordinary token (Zoology's filler) instead of padding."""
 
-    def __init__(self, vocab_size: int, *, attention: dict[str, Any] | None = None, **net: Any) -> None:
+    def __init__(
+        self, vocab_size: int, *, attention: dict[str, Any] | None = None, padding: bool = True, **net: Any
+    ) -> None:
         super().__init__()
         d_model = net.get("d_model", 64)
-        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
+        tie = net.pop("tie_embeddings", False)
+        self.padding = padding
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0 if padding else None)
         self.encoder = Encoder(attention=attention, causal=True, **net)
-        self.head = nn.Linear(d_model, vocab_size)
+        self.head = nn.Linear(d_model, vocab_size, bias=not tie)
+        if tie:
+            self.head.weight = self.embed.weight
 
     def padding_mask(self, ids: Tensor) -> Tensor:
-        """``[B, L]`` True at real tokens, False at padding (id 0)."""
-        return ids != 0
+        """``[B, L]`` True at real tokens, False at padding (id 0; none without ``padding``)."""
+        return ids != 0 if self.padding else torch.ones_like(ids, dtype=torch.bool)
 
-    def forward(self, ids: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor | None]]:
-        """Logits ``[B, L, V]`` and, per layer, the attention weights (``None`` unless asked)."""
+    def forward(
+        self, ids: Tensor, need_weights: bool = False, at: Tensor | None = None
+    ) -> tuple[Tensor, list[Tensor | None]]:
+        """Logits ``[B, L, V]`` (with ``at``, a ``[B, L]`` mask: ``[n, V]`` at its ``n`` True positions
+        only, in row-major order: the head over a large vocabulary is most of a small model's cost)
+        and, per layer, the attention weights (``None`` unless asked)."""
         keep = self.padding_mask(ids)
         h, weights = self.encoder(self.embed(ids), None if bool(keep.all()) else keep, need_weights)
-        return self.head(h), weights
+        return self.head(h if at is None else h[at]), weights
 
 
 class SequenceModule(AttnModule):
@@ -53,6 +65,7 @@ class SequenceModule(AttnModule):
     """
 
     CAUSAL = True  # its self-attention: a position reads only the ones before it
+    TIES_EMBEDDINGS = True  # its head predicts its input tokens: model.tie_embeddings is allowed
 
     def __init__(
         self,
@@ -60,59 +73,65 @@ class SequenceModule(AttnModule):
         net: dict[str, Any],
         attention: dict[str, Any],
         chance: float = 0.0,
+        padding: bool = True,
         **optim: Any,
     ) -> None:
         super().__init__(**optim)
         self.save_hyperparameters()
         self.chance = chance
-        self.net = SequenceModel(vocab_size, attention=attention, **net)
+        self.net = SequenceModel(vocab_size, attention=attention, padding=padding, **net)
         self.val_acc = MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)
         self.test_acc = MulticlassAccuracy(vocab_size, average="micro", ignore_index=IGNORE)
         self.test_seq = SumMetric()
         self.test_examples = SumMetric()
         self.test_targets = SumMetric()
 
-    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(logits.transpose(1, 2), y, ignore_index=IGNORE)
+    def _scored(self, ids: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits ``[n, V]`` and targets ``[n]`` at the ``n`` target positions (the only ones the loss and
+        the metrics read)."""
+        asked = y != IGNORE
+        logits, _ = self.net(ids, at=asked)
+        return logits, y[asked]
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        ids, y = batch
-        logits, _ = self.net(ids)
-        loss = self._loss(logits, y)
+        logits, y = self._scored(*batch)
+        loss = F.cross_entropy(logits, y)
         self.check_loss(loss)
         if self._logging_step():  # the logger writes only these steps: logging every step costs ~0.7 ms each
             self.log("train/loss", loss, prog_bar=True)
-            asked = y != IGNORE
-            self.log("train/acc", (logits.argmax(-1) == y)[asked].float().mean(), prog_bar=True)
+            self.log("train/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        ids, y = batch
-        logits, _ = self.net(ids)
-        self.val_acc(logits.transpose(1, 2), y)
-        self.log("val/loss", self._loss(logits, y), prog_bar=True, sync_dist=True, batch_size=len(y))
-        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(y))
+        ids = batch[0]
+        logits, y = self._scored(*batch)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True, batch_size=len(ids))
+        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(ids))
 
     def on_test_epoch_start(self) -> None:
         self._predictions = PredictionTable(["targets", "predicted", "correct"])
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        ids, y = batch
-        logits, _ = self.net(ids)
+        ids, targets = batch
+        asked = targets != IGNORE
+        logits, y = self._scored(ids, targets)
+        predicted = torch.full_like(targets, IGNORE)
+        predicted[asked] = logits.argmax(-1)
         if hasattr(self, "_predictions"):
             rows = []
-            for t, p in zip(y.tolist(), logits.argmax(-1).tolist(), strict=True):
-                pairs = [(a, b) for a, b in zip(t, p, strict=True) if a != IGNORE]
-                rows.append([" ".join(str(a) for a, _ in pairs), " ".join(str(b) for _, b in pairs),
-                             sum(a == b for a, b in pairs)])  # fmt: skip
+            for t, p, a in zip(targets.tolist(), predicted.tolist(), asked.tolist(), strict=True):
+                pairs = [(x, z) for x, z, on in zip(t, p, a, strict=True) if on]
+                rows.append([" ".join(str(x) for x, _ in pairs), " ".join(str(z) for _, z in pairs),
+                             sum(x == z for x, z in pairs)])  # fmt: skip
             self._predictions.add(self._trainer, rows)
-        self.test_acc(logits.transpose(1, 2), y)
-        right = (logits.argmax(-1) == y) | (y == IGNORE)
+        self.test_acc(logits, y)
+        right = (predicted == targets) | ~asked
         self.test_seq.update(right.all(dim=1).float().sum())
-        self.test_examples.update(torch.tensor(float(len(y))))
-        self.test_targets.update((y != IGNORE).sum().float())
-        self.log("test/loss", self._loss(logits, y), sync_dist=True, batch_size=len(y))
-        self.log("test/acc", self.test_acc, batch_size=len(y))
+        self.test_examples.update(torch.tensor(float(len(ids))))
+        self.test_targets.update(asked.sum().float())
+        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True, batch_size=len(ids))
+        self.log("test/acc", self.test_acc, batch_size=len(ids))
 
     def on_test_epoch_end(self) -> None:
         if hasattr(self, "_predictions"):
@@ -203,9 +222,9 @@ def _evaluate(net: nn.Module, datasets: dict[int, Any], batch_size: int, metric:
         for start in range(0, len(ids_all), batch_size):
             ids = ids_all[start : start + batch_size].to(device)
             y = y_all[start : start + batch_size].to(device)
-            logits, weights = net(ids, need_weights=forms_weights(kind))
             asked = y != IGNORE
-            right += int(((logits.argmax(-1) == y) & asked).sum())
+            logits, weights = net(ids, need_weights=forms_weights(kind), at=asked)
+            right += int((logits.argmax(-1) == y[asked]).sum())
             total += int(asked.sum())
             for layer, w in enumerate(weights):
                 if w is not None:

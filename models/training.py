@@ -13,11 +13,22 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import Tensor
 
+SCHEDULES = ("cosine", "constant", "rsqrt")
 
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+
+def warmup_cosine(
+    step: int, warmup: int, total: int, min_ratio: float = 0.0, schedule: str = "cosine"
+) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio``
+    (``schedule="cosine"``), 1 to the end (``"constant"``) or ``sqrt(warmup / step)`` (``"rsqrt"``, the
+    inverse square root of Vaswani et al. and of Long Range Arena's ``constant * linear_warmup *
+    rsqrt_decay``: LRA's rate 0.05 with 1,000 warm-up steps is ``lr = 0.05 / sqrt(1000)`` here)."""
     if step < warmup:
         return (step + 1) / max(1, warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "rsqrt":
+        return math.sqrt(max(1, warmup) / max(step, 1))
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -48,10 +59,13 @@ class AttnModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_ratio: float = 0.05,
         min_lr_ratio: float = 0.05,
+        schedule: str = "cosine",
+        warmup_steps: int | None = None,
     ) -> None:
         super().__init__()
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
+        self.schedule, self.warmup_steps = schedule, warmup_steps
         self._total_steps: int | None = None
 
     def check_loss(self, loss: Tensor) -> None:
@@ -144,8 +158,10 @@ class AttnModule(L.LightningModule):
     def _lr_factor(self, step: int) -> float:
         if self._total_steps is None:
             return 1.0  # placeholder until on_train_start sets the schedule's length
-        warmup = int(self.warmup_ratio * self._total_steps)
-        return warmup_cosine(step, warmup, self._total_steps, self.min_lr_ratio)
+        warmup = (
+            self.warmup_steps if self.warmup_steps is not None else int(self.warmup_ratio * self._total_steps)
+        )
+        return warmup_cosine(step, warmup, self._total_steps, self.min_lr_ratio, self.schedule)
 
     def on_train_start(self) -> None:
         """Fix the schedule's length and set the learning rate of the current step."""

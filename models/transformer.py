@@ -18,8 +18,11 @@ from .flops import encoder_forward_flops
 from .positions import sinusoidal_positions
 
 
-def feed_forward(d_model: int, mlp_ratio: int, dropout: float) -> nn.Sequential:
-    """A block's MLP: ``Linear(d, r d)``, GELU, ``Linear(r d, d)``, dropout."""
+def feed_forward(d_model: int, mlp_ratio: int, dropout: float) -> nn.Sequential | None:
+    """A block's MLP: ``Linear(d, r d)``, GELU, ``Linear(r d, d)``, dropout; ``None`` at ``mlp_ratio=0``
+    (attention-only blocks, as Zoology's MQAR models)."""
+    if mlp_ratio == 0:
+        return None
     return nn.Sequential(
         nn.Linear(d_model, mlp_ratio * d_model),
         nn.GELU(),
@@ -29,7 +32,7 @@ def feed_forward(d_model: int, mlp_ratio: int, dropout: float) -> nn.Sequential:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))``."""
+    """Pre-norm transformer block: ``x + Attn(LN(x))``, then ``x + MLP(LN(x))`` (none at mlp_ratio 0)."""
 
     def __init__(
         self,
@@ -43,8 +46,8 @@ class Block(nn.Module):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(d_model, n_heads, layer=layer, **attention)
-        self.ln2 = nn.LayerNorm(d_model)
         self.mlp = feed_forward(d_model, mlp_ratio, dropout)
+        self.ln2 = nn.LayerNorm(d_model) if self.mlp is not None else None
         self.drop = nn.Dropout(dropout)
 
     def forward(
@@ -52,7 +55,7 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         a, w = self.attn(self.ln1(x), mask=mask, is_causal=is_causal, need_weights=need_weights)
         x = x + self.drop(a)
-        return x + self.mlp(self.ln2(x)), w
+        return (x if self.mlp is None else x + self.mlp(self.ln2(x))), w
 
 
 class AttentionPooling(nn.Module):
@@ -74,8 +77,8 @@ class AttentionPooling(nn.Module):
 class Encoder(nn.Module):
     """The block stack every task model composes: positions, dropout, ``n_layers`` pre-norm
     :class:`Block` s of registry attention and a final LayerNorm, built from the ``model`` config.
-    ``positions`` (:mod:`attn.models.positions`): ``sinusoidal`` adds its table here; ``rope`` and
-    ``alibi`` act in every attention; ``none`` gives no position at all.
+    ``positions`` (:mod:`attn.models.positions`): ``sinusoidal`` and ``learned`` add their table here;
+    ``rope`` and ``alibi`` act in every attention; ``none`` gives no position at all.
 
     ``forward(x [B, L, d], keep [B, L] | None)`` returns ``[B, L, d]`` and, per layer, the attention
     weights (``None`` unless asked). ``causal`` lets position ``i`` see only positions ``<= i``.
@@ -95,6 +98,7 @@ class Encoder(nn.Module):
         attention: dict[str, Any] | None = None,
         causal: bool = False,
         positions: str = "sinusoidal",
+        tie_embeddings: bool = False,  # the model config's, for a next-token head (models.sequence); not here
     ) -> None:
         super().__init__()
         attention = {**(attention or {}), "n_kv_heads": n_kv_heads, "dropout": attn_dropout,
@@ -107,6 +111,7 @@ class Encoder(nn.Module):
             sinusoidal_positions(max_len, d_model) if positions == "sinusoidal" else torch.zeros(0, d_model)
         )
         self.register_buffer("positions", table, persistent=False)
+        self.position_embed = nn.Embedding(max_len, d_model) if positions == "learned" else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(d_model, n_heads, mlp_ratio, dropout, attention, layer=i) for i in range(n_layers)
@@ -118,13 +123,20 @@ class Encoder(nn.Module):
         (:func:`attn.models.flops.encoder_forward_flops`, where the count is documented)."""
         return encoder_forward_flops(length=length, **self.shape)
 
+    def state_elements(self, length: int) -> int:
+        """Elements the self-attention of every block carries per sequence at inference after ``length``
+        tokens (:meth:`attn.models.attention.MultiHeadAttention.state_elements`), summed over layers."""
+        return sum(block.attn.state_elements(length) for block in self.blocks)
+
     def embed_positions(self, x: Tensor) -> Tensor:
-        """``x + positions`` (sinusoidal; else ``x``), then dropout; refuses sequences longer than
-        ``model.max_len``."""
+        """``x + positions`` (sinusoidal or learned; else ``x``), then dropout; refuses sequences longer
+        than ``model.max_len``."""
         if x.shape[1] > self.max_len:
             raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len={self.max_len}")
         if self.position_kind == "sinusoidal":
             x = x + self.positions[: x.shape[1]]
+        elif self.position_embed is not None:
+            x = x + self.position_embed.weight[: x.shape[1]]
         return self.drop(x)
 
     def forward(

@@ -28,8 +28,10 @@ from .stats import (
     is_descriptive,
     lower_is_better,
     metric_range,
+    optimism,
     prob_improvement,
     prob_improvement_ci,
+    published_rule,
     resolution,
     seeds_for_power,
     solved,
@@ -41,7 +43,7 @@ DEFAULT_GROUP_BY = ("attention", "softmax", "temperature")
 # the seed are pooled. Any other key that differs between the runs of a group splits the group.
 NEUTRAL_KEYS = (
     "name", "seed", "runs_root", "threads", "logger", "trainer.enable_progress_bar",
-    "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.pause_at",
 )  # fmt: skip
 
 
@@ -77,6 +79,11 @@ class Group:
     chance: float | None = None  # the task's chance level of ``metric`` (accuracy only)
     duplicates: list[Run] = field(default_factory=list)  # copies of a counted run's config and seed
     success: Success | None = None  # runs past task.solved_at on the ranking metric (a lottery, if split)
+    # A tuned arm's ranking metric as the published protocol reports it (the best test mean over its tuning
+    # candidates), the candidates it had, and how much it overstates the held-out mean (see stats).
+    published: float | None = None
+    published_from: int = 0
+    optimism: float | None = None
 
     def rank(self, metric: str | None = None) -> Rank:
         return self.ranks.get(metric or self.metric) or Rank()
@@ -316,9 +323,15 @@ def aggregate(
 
 
 def aggregate_with_verdicts(
-    runs: list[Run], metric: str, group_by: tuple[str, ...] = DEFAULT_GROUP_BY, split_by: str = "task"
+    runs: list[Run],
+    metric: str,
+    group_by: tuple[str, ...] = DEFAULT_GROUP_BY,
+    split_by: str = "task",
+    tuning: list[Run] | None = None,
 ) -> tuple[dict[str, list[Group]], dict[str, Verdict]]:
-    """:func:`aggregate`, plus each split's verdict on its ranking metric and the keys it split on."""
+    """:func:`aggregate`, plus each split's verdict on its ranking metric and the keys it split on;
+    ``tuning``: tuned sweeps' tuning runs, for what the published protocol would report
+    (:func:`published_rules`)."""
     per_split: dict[str, list[Run]] = {}
     for run in runs:
         if run.status == "completed":
@@ -355,7 +368,9 @@ def aggregate_with_verdicts(
             if m == ranked_by:
                 text, k = line, n
         versus_best(rows, ranked_by)
-        verdicts[split] = Verdict(text + lottery_text(rows, thresholds), extra, k)
+        mine = [r for r in tuning or [] if str(r.get(split_by)) == split]
+        text += lottery_text(rows, thresholds) + (published_rules(rows, mine, ranked_by) if mine else "")
+        verdicts[split] = Verdict(text, extra, k)
         out[split] = rows
     return out, verdicts
 
@@ -402,6 +417,43 @@ def paired_comparisons(groups: list[Group]) -> list[PairedComparison]:
     for c, p in zip(tested, adjusted, strict=True):
         c.p_holm = None if math.isnan(p) else p
     return out
+
+
+def published_rules(groups: list[Group], tuning: list[Run], metric: str) -> str:
+    """For every group of a tuned sweep's final runs, what the published protocol would have reported
+    (:func:`attn.runner.stats.published_rule` over its arm's tuning runs that recorded ``metric``; a
+    candidate halving dropped has none) and its optimism against the group's held-out mean. Returns a
+    verdict sentence when the published rule would rank the groups differently ('' otherwise)."""
+    higher = not lower_is_better(metric)
+    by_arm: dict[str, dict[str, list[float]]] = {}
+    for r in tuning:
+        if r.arm and metric in r.metrics and r.status == "completed":
+            key = json.dumps(r.candidate, sort_keys=True)
+            by_arm.setdefault(r.arm, {}).setdefault(key, []).append(r.metrics[metric])
+    scored = []
+    for g in groups:
+        arms = {r.arm for r in g.runs if r.arm}
+        s = g.stats.get(metric)
+        if len(arms) != 1 or s is None or not by_arm.get(next(iter(arms))):
+            continue
+        candidates = by_arm[next(iter(arms))]
+        g.published = published_rule(list(candidates.values()), higher)
+        g.published_from = len(candidates)
+        g.optimism = optimism(g.published, s.mean, higher)
+        scored.append(g)
+    if len(scored) < 2:
+        return ""
+    sign = 1 if higher else -1
+    held = max(scored, key=lambda g: sign * g.stats[metric].mean)
+    pub = max(scored, key=lambda g: sign * g.published)
+    if held is pub:
+        return ""
+    name = " / ".join
+    return (
+        f"; the published rule (the best {metric} over the tuning candidates, on the tuning seeds) would put"
+        f" {name(map(str, pub.key))} first ({pub.published:.4f}), where the held-out estimate puts"
+        f" {name(map(str, held.key))} first"
+    )
 
 
 def _once_per_seed(runs: list[Run]) -> tuple[list[Run], list[Run]]:

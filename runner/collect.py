@@ -37,6 +37,8 @@ class Run:
     best_checkpoint: str | None = None  # as recorded (the run directory may have moved since)
     phase: str | None = None  # "tune" (a tuning trial: not a result) or "final" in a tuned sweep
     tuned: dict[str, str] = field(default_factory=dict)  # a final trial's values selected by tuning
+    arm: str | None = None  # a tuned sweep's arm (its manifest's), tuning and final trials alike
+    candidate: dict[str, str] = field(default_factory=dict)  # a tuning trial's candidate values
 
     def get(self, path: str) -> Any:
         """A config value by dotted path (aliases allowed); ``None`` when absent."""
@@ -162,8 +164,11 @@ def collect(root: str | Path) -> list[Run]:
             if run_dir not in runs or runs[run_dir].status == "no record":
                 runs[run_dir] = Run(run_dir, "missing", error=t.error or "no results.json")
             if t.extra.get("phase") in PHASES:
-                runs[run_dir].phase = runs[run_dir].phase or t.extra["phase"]
-                runs[run_dir].tuned = tuned_values(runs[run_dir], t.extra.get("selected"))
+                run = runs[run_dir]
+                run.phase = run.phase or t.extra["phase"]
+                run.tuned = tuned_values(run, t.extra.get("selected"))
+                run.arm = f"{manifest_path.parent.resolve()}:{t.extra.get('arm')}"  # arms of one sweep
+                run.candidate = dict(t.extra.get("candidate") or {})
     return list(runs.values())
 
 

@@ -100,7 +100,7 @@ def explain(exc: Exception, overrides: list[str]) -> str:
         return f"cannot parse override {_unparseable(overrides) or ' '.join(overrides)!r}: {first}"
     if isinstance(exc, MissingConfigException):
         missing = (exc.missing_cfg_file or "").lstrip("/")
-        group, _, option = missing.rpartition("/")
+        group, _, option = missing.partition("/")  # an option may sit in a subdirectory: recall/full_d64
         if group in GROUPS:
             choices = group_options(group)
             if not option:  # `attention=` with nothing after the '='

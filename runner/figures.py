@@ -50,6 +50,22 @@ def temperature_lines(
     return lines if any(len(points) > 1 for points in lines.values()) else {}
 
 
+STATE = "state_bytes"  # what a run's attention carries per sequence at inference (attn.runner.run)
+
+
+def recall_vs_state(groups: list[Group], metric: str) -> dict[str, list[plots.Point]]:
+    """``metric`` (mean and 95% interval over seeds) against the groups' ``state_bytes``, one line per
+    attention kind (Based, Arora et al. 2024, Figure 2); empty unless some kind has two state sizes."""
+    lines: dict[str, list[plots.Point]] = {}
+    for g in groups:
+        s, state = g.stats.get(metric), g.stats.get(STATE)
+        if s is None or state is None:
+            continue
+        kind = str(g.runs[0].get("attention.kind"))
+        lines.setdefault(kind, []).append(_point(state.mean, s))
+    return lines if any(len({p[0] for p in points}) > 1 for points in lines.values()) else {}
+
+
 def _at_lengths(groups: list[Group], pattern: str) -> dict[int, str]:
     """``{length: metric}`` for the metrics named ``pattern`` with ``{L}`` a length (``test/acc@{L}``)."""
     head, _, tail = pattern.partition("{L}")
@@ -279,6 +295,10 @@ def draw_all(
             paths.append(
                 plots.learning_curves(curves, monitor, chance, out / f"{slug}_learning_curves.png", title)
             )
+        state = recall_vs_state(gs, m)
+        if state:
+            title = f"{split}: {m} vs the attention's state per sequence"
+            paths.append(plots.metric_vs_state(state, m, chance, out / f"{slug}_vs_state.png", title))
         base = m.split("@")[0]
         panels = length_panels(gs, base)
         if panels:

@@ -28,10 +28,12 @@ def config_dirs() -> list[Path]:
 
 def group_options(group: str) -> list[str]:
     """The option names of a config group (the YAML files in ``conf/<group>/`` and in the user's config
-    directories' ``<group>/``); ``sweep`` lists the sweep presets."""
+    directories' ``<group>/``, those of a subdirectory as ``sub/name``: ``experiment=recall/full_d64``);
+    ``sweep`` lists the sweep presets."""
     found = set()
     for root in (CONF_DIR, *config_dirs()):
-        found |= {p.stem for p in (root / group).glob("*.yaml")}
+        base = root / group
+        found |= {p.relative_to(base).with_suffix("").as_posix() for p in base.rglob("*.yaml")}
     return sorted(found)
 
 

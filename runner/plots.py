@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, PNG), drawn from numbers only: every group's metric with its interval
-(a forest plot), metric vs temperature, metric and attention entropy vs evaluation length, learning
-curves, attention heatmaps. What to draw is decided by
+(a forest plot), metric vs temperature, metric vs the attention's state size, metric and attention
+entropy vs evaluation length, learning curves, attention heatmaps. What to draw is decided by
 the report (:mod:`attn.runner.report`); nothing here reads runs or files."""
 
 from __future__ import annotations
@@ -57,6 +57,25 @@ def metric_vs_temperature(
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
     ax.minorticks_off()
     ax.set_xlabel("softmax temperature T")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def metric_vs_state(
+    lines: dict[str, list[Point]], metric: str, chance: float | None, path: Path, title: str
+) -> Path:
+    """``metric`` against the bytes the attention carries per sequence at inference (log2 x axis), one
+    line per attention kind, error bars as given (the 95% interval)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, points in sorted(lines.items()):
+        _errorbars(ax, label, points)
+    _chance_line(ax, chance, metric)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("state per sequence (bytes, log2)")
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

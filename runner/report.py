@@ -33,7 +33,7 @@ from .aggregate import (
 )
 from .collect import ALIASES, Run, Tuning
 from .errors import ConfigError
-from .figures import draw_all
+from .figures import STATE, draw_all, recall_vs_state
 from .paths import now_iso
 from .stats import ALPHA, BOOTSTRAP_MIN_N, CHANCE, POWER_MIN_N, Stat, iqm, is_counter, is_descriptive
 from .tune import TuneSpec, at_edge
@@ -114,6 +114,12 @@ def _success_cell(g: Group) -> str:
     return f"{s.k}/{s.n} = {s.rate:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
+def _published_cell(g: Group) -> str:
+    if g.published is None or g.optimism is None:
+        return "–"
+    return f"{_fmt(g.published)} ({g.optimism:+.4f}; best of {g.published_from})"
+
+
 def _iqm_cell(stat: Stat | None) -> str:
     if stat is None or stat.n < 2:
         return "–"
@@ -140,6 +146,8 @@ def table_rows(
     header += [m if is_counter(m) else f"{m} mean ± std [95% CI]" for m in metrics]
     header += [f"{ranking} IQM [95% percentile bootstrap, n ≥ {BOOTSTRAP_MIN_N}]"] if robust else []
     header += ["solved [95% Wilson]"] if success else []
+    published = any(g.published is not None for g in groups)
+    header += ["published rule (optimism)"] if published else []
     header += [*(["chance"] if chance else []), "train s", "vs best"]
     tuned = any(r.tuned for g in groups for r in g.runs)
     header[len(group_by) + len(split_on) : len(group_by) + len(split_on)] = ["selected"] if tuned else []
@@ -150,6 +158,7 @@ def table_rows(
         cells += [_cell(g.stats.get(m), m) for m in metrics]
         cells += [_iqm_cell(g.stats.get(ranking))] if robust else []
         cells += [_success_cell(g)] if success else []
+        cells += [_published_cell(g)] if published else []
         cells += [_fmt(g.chance)] if chance else []
         rows.append([*cells, _fmt(g.duration, 1), _mark(g)])
     return rows
@@ -286,7 +295,8 @@ def build(
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ConfigError(f"unknown report format {bad[0]!r}; valid choices: {', '.join(FORMATS)}")
-    tuning_runs = sum(r.phase == "tune" for r in runs)
+    tuning = [r for r in runs if r.phase == "tune"]  # never results; the published rule reads them
+    tuning_runs = len(tuning)
     runs = [r for r in runs if r.phase != "tune"]
     completed = [r for r in runs if r.status == "completed"]
     if not runs and tuning_runs:
@@ -308,7 +318,7 @@ def build(
                 )
     command = command or " ".join(shlex.quote(a) for a in ["attn", "report", *sys.argv[2:]])
     metric = metric or PRIMARY_METRICS[0]  # tasks without it are ranked by their own primary metric
-    groups, verdicts = aggregate_with_verdicts(runs, metric, group_by, split_by)
+    groups, verdicts = aggregate_with_verdicts(runs, metric, group_by, split_by, tuning)
     metrics = report_metrics(runs, metric)
     problems = [r for r in runs if r.status != "completed"]
     files: list[Path] = []
@@ -369,7 +379,9 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
     robust = ["iqm", "iqm_ci_low", "iqm_ci_high", "p_best_beats", "p_best_beats_ci_low",
               "p_best_beats_ci_high", "seeds_for_80pct_power"]  # fmt: skip
     lottery = ["success_rate", "success_ci_low", "success_ci_high", "p_success_fisher", "p_success_holm"]
-    w.writerow([*head, "best", "tied", "p_vs_best", "p_holm", *robust, *lottery])
+    w.writerow(
+        [*head, "best", "tied", "p_vs_best", "p_holm", *robust, *lottery, "published_rule", "optimism"]
+    )
 
     def num(x: float | None) -> float | str:
         return "" if x is None or math.isnan(x) else x
@@ -385,7 +397,8 @@ def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
                 std = math.nan if is_counter(m) else s.std
                 row = [split, *base, *[extra.get(k, "") for k in keys], m, s.n, s.mean, num(std), num(lo)]
                 row += [num(hi), num(chance), r.best, r.tied, num(r.p), num(r.p_holm)]
-                w.writerow([*row, *_robust_cells(g, m, num), *_success_cells(g, m, num)])
+                rule = [num(g.published), num(g.optimism)] if m == g.metric else ["", ""]
+                w.writerow([*row, *_robust_cells(g, m, num), *_success_cells(g, m, num), *rule])
     return [runs_csv, *paired_csv, write_text_atomic(out / "summary.csv", buf.getvalue())]
 
 
@@ -561,6 +574,9 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
             "p_holm": num(g.rank().p_holm),
             "chance": g.chance,
             "selected": next((r.tuned for r in g.runs if r.tuned), None),
+            "published_rule": num(g.published),  # the best tuning candidate's test mean (tuned sweeps)
+            "published_from": g.published_from or None,
+            "optimism": num(g.optimism),
             "metrics": {
                 m: {
                     "n": s.n,
@@ -576,11 +592,19 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
             },
         }
 
-    tasks, verdicts = {}, {}
+    tasks, verdicts, state = {}, {}, {}
     rows = provenance_rows(rep.runs)
     for split, groups in rep.groups.items():
         v = rep.verdicts.get(split) or Verdict("", [])
         tasks[split] = [group(g, v.split_keys) for g in groups]
+        metric = groups[0].metric if groups and groups[0].metric else rep.metrics[0]
+        if recall_vs_state(groups, metric):  # the numbers of the recall-vs-state figure
+            state[split] = [
+                {"attention": str(g.runs[0].get("attention.kind")), "key": list(g.key),
+                 STATE: g.stats[STATE].mean, "metric": metric, "n": g.stats[metric].n,
+                 "mean": g.stats[metric].mean, "ci": [num(c) for c in g.stats[metric].ci]}
+                for g in groups if STATE in g.stats and metric in g.stats
+            ]  # fmt: skip
         verdicts[split] = {
             "verdict": v.text, "split_on": v.split_keys, "comparisons": v.comparisons,
             "duplicates_set_aside": [r.run_dir for g in groups for r in g.duplicates],
@@ -592,6 +616,7 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
         "metric": rep.metrics[0],
         "verdicts": verdicts,
         "tasks": tasks,
+        "recall_vs_state": state,
         "provenance": [dict(zip(rows[0], row, strict=True)) for row in rows[1:]],
         "warnings": mixed_origins(rep.groups),
         "notes": rep.notes,

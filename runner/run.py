@@ -336,6 +336,13 @@ def cached_baseline(cfg: DictConfig, dm: Any) -> dict[str, float]:
     return result
 
 
+def bytes_per_element(cfg: DictConfig) -> int:
+    """Bytes of one activation (a cached key or value) at the run's precision: 2 under 16-bit mixed
+    precision (autocast computes the projections in 16 bits), 8 at 64, else 4."""
+    precision = str(cfg.trainer.get("precision", "32"))
+    return 2 if precision.startswith(("16", "bf16")) else 8 if precision.startswith("64") else 4
+
+
 def _chance(dm: Any) -> dict[str, float]:
     """The task's chance level: the one the task states, else the accuracy of always predicting the
     test split's majority class."""
@@ -397,6 +404,9 @@ def fit_and_test(
         metrics.update(_chance(dm))
         if cfg.baseline and trainer.is_global_zero:
             metrics.update(cached_baseline(cfg, dm))
+    encoder = getattr(module.net, "encoder", None)
+    if hasattr(dm, "train_tokens") and hasattr(encoder, "state_elements"):  # the causal sequence tasks
+        metrics["state_bytes"] = float(encoder.state_elements(dm.train_tokens) * bytes_per_element(cfg))
     lengths = cfg.task.get("eval_lengths")  # [] still tests the training length
     if lengths is not None and hasattr(dm, "at_length") and trainer.is_global_zero:
         data = {n: dm.at_length(n) for n in sorted({dm.length, *lengths})}

@@ -27,6 +27,9 @@ from .machine import cpu_has_bf16
 from .plugins import load_plugins
 from .stats import metric_range
 
+# optim.schedule: the schedules of attn.models.training.warmup_cosine (a test checks they agree)
+SCHEDULES = ("cosine", "constant", "rsqrt")
+
 THREADS_CHOICES = "'auto', 'torch' or an integer >= 1"
 # The largest subword vocabulary: 4x the largest of today's language models (Gemma's 256,000 pieces); the
 # tokenizers library aborts the process (a Rust panic, no Python error) at ~1e9.
@@ -44,6 +47,7 @@ class ModelSchema:
     positions: str = "sinusoidal"
     dropout: float = 0.0
     attn_dropout: float = 0.0
+    tie_embeddings: bool = False
 
 
 @dataclass
@@ -69,6 +73,8 @@ class OptimSchema:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.05
+    schedule: str = "cosine"
+    warmup_steps: Optional[int] = None  # noqa: UP045
 
 
 @dataclass
@@ -305,6 +311,12 @@ def _check_optim(optim: DictConfig) -> None:
     for key in ("warmup_ratio", "min_lr_ratio"):
         if not 0 <= optim[key] <= 1:
             raise ConfigError(f"optim.{key}={optim[key]} is invalid: must be in [0, 1]")
+    if optim.schedule not in SCHEDULES:
+        raise ConfigError(
+            f"optim.schedule={optim.schedule!r} is unknown; valid choices: {', '.join(SCHEDULES)}"
+        )
+    if optim.warmup_steps is not None and optim.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={optim.warmup_steps} is invalid: must be >= 0 (or null)")
 
 
 def _load_plugins(cfg: DictConfig) -> None:
@@ -326,10 +338,35 @@ def _load_plugins(cfg: DictConfig) -> None:
 
 def _task_causal(cfg: DictConfig) -> bool | None:
     """Whether the task's self-attention is causal (its module's ``CAUSAL``); None when it does not say."""
+    return _module_says(cfg, "CAUSAL")
+
+
+def _check_window(cfg: DictConfig, data_class: Any) -> None:
+    """A local attention's window must be shorter than the task's training sequences (else it is full
+    attention under another name); checked where the data module says its length in tokens."""
+    window = cfg.attention.params.get("window") if cfg.attention.kind == "local" else None
+    if not isinstance(window, int) or not hasattr(data_class, "train_tokens"):
+        return
+    params = {
+        k: v for k, v in OmegaConf.to_container(cfg.task.datamodule, resolve=True).items() if k != "_target_"
+    }
+    try:
+        tokens = data_class(**params).train_tokens
+    except (TypeError, ValueError):
+        return  # the data module's own check says what is wrong
+    if window > tokens:
+        raise ConfigError(
+            f"attention.params.window={window} is longer than task={cfg.task.name}'s training sequences"
+            f" ({tokens} tokens): local attention would be full attention; valid: 1 .. {tokens}"
+        )
+
+
+def _module_says(cfg: DictConfig, attribute: str) -> Any:
+    """The task module's class attribute ``attribute``; None when it does not say."""
     target = str((cfg.task.get("module") or {}).get("_target_", ""))
     module, _, name = target.rpartition(".")
     try:
-        return getattr(getattr(importlib.import_module(module), name, None), "CAUSAL", None)
+        return getattr(getattr(importlib.import_module(module), name, None), attribute, None)
     except ImportError:
         return None
 
@@ -396,8 +433,14 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not 0.0 <= m[key] < 1.0:
             raise ConfigError(f"model.{key}={m[key]!r} is invalid: must be in [0, 1)")
     for key in ("d_model", "n_layers", "n_heads", "mlp_ratio", "max_len"):
-        if m[key] < 1:
-            raise ConfigError(f"model.{key}={m[key]!r} is invalid: must be >= 1")
+        low = 0 if key == "mlp_ratio" else 1  # mlp_ratio=0: blocks without an MLP
+        if m[key] < low:
+            raise ConfigError(f"model.{key}={m[key]!r} is invalid: must be >= {low}")
+    if m.tie_embeddings and not _module_says(cfg, "TIES_EMBEDDINGS"):
+        raise ConfigError(
+            f"model.tie_embeddings=true needs a task that predicts its own tokens (task={cfg.task.name} does"
+            " not); valid with the diagnostic sequence tasks"
+        )
     if m.d_model % m.n_heads:
         raise ConfigError(f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}")
     if m.n_kv_heads is not None and (m.n_kv_heads < 1 or m.n_heads % m.n_kv_heads):
@@ -495,7 +538,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             _check_target(f"task.{key}", node)
     target = str(cfg.task.datamodule.get("_target_", ""))
     module, _, name = target.rpartition(".")
-    variable = hasattr(getattr(importlib.import_module(module), name, None), "at_length")
+    data_class = getattr(importlib.import_module(module), name, None)
+    variable = hasattr(data_class, "at_length")
+    _check_window(cfg, data_class)
     if t == "logn" and not variable:
         _note_once(
             f"note: temperature=logn multiplies the logits by max(1, ln n / ln L), L the training length;"

@@ -397,3 +397,24 @@ def seeds_for_power(a: Stat, b: Stat, power: float = 0.8, alpha: float = ALPHA) 
     )
     n = float(n)
     return max(2, math.ceil(n)) if math.isfinite(n) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# the published protocol: selection and report on the same runs
+
+
+def published_rule(candidates: list[list[float]], higher: bool = True) -> float:
+    """What Zoology's and MAD's protocol reports for an arm: the best, over the tuning candidates, of the
+    mean test value over the tuning seeds (the maximum of several noisy estimates, on the data it is
+    reported on); ``candidates`` holds each candidate's test values. ``nan`` without any."""
+    means = [sum(v) / len(v) for v in candidates if v]
+    if not means:
+        return math.nan
+    return max(means) if higher else min(means)
+
+
+def optimism(published: float, held_out: float, higher: bool = True) -> float:
+    """How much better the published rule makes an arm look than its held-out estimate (the final seeds'
+    mean at the values selected on validation): ``published - held_out`` for a metric where higher is
+    better, ``held_out - published`` where lower is."""
+    return published - held_out if higher else held_out - published

@@ -154,9 +154,10 @@ def test_help_lists_the_config_options_and_presets():
     assert str(Path(__file__).resolve().parent.parent / "conf") in train
     sweep = runner.invoke(app, ["sweep", "--help"], env={"COLUMNS": "300"}).output
     presets = (
-        "attention_kinds, first, hard_classification_tuned, hard_tasks, length_generalisation,"
-        " max_retrieval_temperature, modern_kinds_tuned, mqar_kinds, mqar_kinds_tuned,"
-        " mqar_temperature_tuned, smoke, study, temperature"
+        "attention_kinds, first, hard_classification_tuned, hard_tasks, length_generalisation, listops_lra,"
+        " listops_small, max_retrieval_temperature, modern_kinds_tuned, mqar_kinds, mqar_kinds_tuned,"
+        " mqar_temperature_tuned, recall_vs_state, smoke, study, temperature, zoology_figure2,"
+        " zoology_figure2_full"
     )
     assert presets in " ".join(sweep.replace("│", " ").split())
     bench = runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "300"}).output

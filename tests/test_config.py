@@ -37,11 +37,17 @@ def test_every_group_option_composes(group, option, tmp_path, monkeypatch):
         overrides.append(f"task.datamodule.path={tmp_path}")
     if group == "softmax" and option != "softmax":
         overrides.append("attention=scaled_dot")
-    if (group, option) in (("attention", "selective"), ("attention", "stick_breaking")) or option in (
+    if (group, option) in (
+        ("attention", "selective"),
+        ("attention", "stick_breaking"),
+        ("model", "zoology"),
+    ) or option in (
         "modern_selective",
         "modern_stick_breaking",
-    ):  # causal-only kinds: a causal task
+    ):  # causal-only kinds and tied embeddings: a causal task
         overrides.append("task=mqar")
+    if option.startswith("zoology/len"):  # Zoology's data settings: its task
+        overrides.append("task=mqar_zoology")
     cfg = load(overrides)
     if group == "attention":
         assert cfg.attention.kind == option
@@ -105,7 +111,11 @@ BAD = [
     ("+attention.params.x=-inf", "attention.params.x=-inf is invalid", "finite"),
     ("x=[", "cannot parse override 'x=['", ""),
     ("+trainer.max_epochs=3", "already exists", "trainer.max_epochs=3"),
-    ("model.positions=learned", "model.positions='learned' is unknown", "sinusoidal, none, rope, alibi"),
+    (
+        "model.positions=learnt",
+        "model.positions='learnt' is unknown",
+        "sinusoidal, learned, none, rope, alibi",
+    ),
     ("task.tokenizer=chars", "task.tokenizer='chars' is unknown", "word, bpe, unigram"),
     ("task.tokenizer=bpe task.vocab_size=abc", "task.vocab_size='abc' is invalid", "from 8 to"),
     ("task=mqar task.solved_at=high", "task.solved_at='high' is invalid", "a number"),

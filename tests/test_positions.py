@@ -263,10 +263,8 @@ def test_impossible_position_combinations_are_one_line_config_errors():
         load(["attention=linear", "model.positions=alibi"])
     with pytest.raises(ConfigError, match="head size 3 must be even"):
         load(["model.d_model=12", "model.n_heads=4", "model.positions=rope"])
-    with pytest.raises(
-        ConfigError, match=r"model\.positions='learned' is unknown; valid choices: sinusoidal"
-    ):
-        load(["model.positions=learned"])
+    with pytest.raises(ConfigError, match=r"model\.positions='learnt' is unknown; valid choices: sinusoidal"):
+        load(["model.positions=learnt"])
     cfg = load(["task=mqar", "model.positions=alibi", "softmax.temperature=ssmax"])
     assert cfg.model.positions == "alibi" and cfg.softmax.temperature == "ssmax"
 
