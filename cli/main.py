@@ -75,7 +75,7 @@ ConfigDirs = Annotated[
 ]
 COMMON_HELP = (
     "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=8 seed=7. "
-    "threads=auto|<n>|torch sets the CPU threads (auto: the CPUs this process may use, see README)."
+    "threads=auto|<n>|torch sets the CPU threads (auto: the CPUs this process may use, see docs/threads.md)."
 )
 OVERRIDES_HELP = COMMON_HELP + (
     " resume=<run dir> continues an interrupted run (only trainer.max_epochs and threads may change)."

@@ -170,11 +170,16 @@ class SequenceTaskDataModule(SplitDataModule):
 
 def _random_order(n: int, k: int, g: torch.Generator, first: int | None = None) -> Tensor:
     """``[n, first]``: the first ``first`` (default ``k``) entries of a random permutation of ``0 .. k-1`` per
-    row. Drawn in blocks of about 2**22 numbers (one draw of ``rand(n, k)`` gives the same numbers), so
-    Zoology's 4,096 keys for 100,000 sequences need no 1.6 GB table."""
+    row (the ranks of uniform draws). Drawn in blocks of about 2**22 numbers (one draw of ``rand(n, k)``
+    gives the same numbers), so Zoology's 4,096 keys for 100,000 sequences need no 1.6 GB table."""
     rows = max(1, 2**22 // k)
+    first = k if first is None else first
+    # the `first` smallest of each row in order: argsort's first `first`, 25x faster at k = 4096
     return torch.cat(
-        [torch.rand(min(rows, n - i), k, generator=g).argsort(dim=1)[:, :first] for i in range(0, n, rows)]
+        [
+            torch.rand(min(rows, n - i), k, generator=g).topk(first, dim=1, largest=False).indices
+            for i in range(0, n, rows)
+        ]
     )
 
 

@@ -207,7 +207,7 @@ def tuning_rows(t: Tuning) -> tuple[list[list[str]], list[str]]:
 
 
 TUNING_CAPTION = (
-    "Per-arm tuning (README, Fair comparisons): every arm tried the same candidates on the tuning seeds;"
+    "Per-arm tuning (docs/fair-comparisons.md): every arm tried the same candidates on the tuning seeds;"
     " the candidate with the best mean of the best validation value was selected (ties: the earlier one; a"
     " failed run scores as the worst value), and only the arm's runs on the other, final seeds are results."
 )

@@ -20,7 +20,7 @@ OpenMP (the runtime of torch's Linux wheels) a short spin first, ``GOMP_SPINCOUN
 default (libgomp spinning 300,000 iterations) costs a neighbour a whole core per waiting thread;
 a plain passive wait costs a small model up to half its speed alone, because every parallel region
 then wakes its threads through the kernel; the short spin keeps most of both (benchmarks/contention.py
-and the README's threads section). The user's own settings win: ``threads=<n>`` in the config, then
+and docs/threads.md). The user's own settings win: ``threads=<n>`` in the config, then
 ``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` set in the environment; ``threads=torch``
 leaves everything to torch and OpenMP (the behaviour before this policy). :func:`apply_env` must
 run before torch is imported, because OpenMP reads its environment once, when torch loads it.

@@ -1,8 +1,10 @@
-"""The README stays true: its commands match CI, its example runs and prints the stated values."""
+"""The README and docs/ stay true: their commands match CI and compose, their examples run and print the
+stated values."""
 
 import contextlib
 import io
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -12,10 +14,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
+PAGES = sorted((REPO / "docs").glob("*.md"))
+DOCS = README + "".join(p.read_text() for p in PAGES)  # the README and every docs/ page
 
 
-def _bash_blocks() -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+def _bash_blocks(text: str = README) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -32,7 +36,7 @@ def test_readme_run_command_installs_cpu_torch_and_trains():
 
 
 def test_readme_python_example_prints_the_corrected_values():
-    block = re.search(r"```python\n(import torch\n.*?)```", README, flags=re.S).group(1)
+    block = re.search(r"```python\n(import torch\n.*?)```", DOCS, flags=re.S).group(1)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(block, "README.md", "exec"), {})
@@ -50,7 +54,7 @@ def test_readme_python_example_prints_the_corrected_values():
 
 @pytest.mark.parametrize("override", ["attention=foo", "trainer.max_epoch=3", "softmax.temperature=0"])
 def test_readme_error_examples_are_what_attn_prints(override):
-    documented = re.search(rf"\$ attn train {re.escape(override)}\n(error: .*)\n", README).group(1)
+    documented = re.search(rf"\$ attn train {re.escape(override)}\n(error: .*)\n", DOCS).group(1)
     from attn.runner.config import load
     from attn.runner.errors import ConfigError
 
@@ -85,3 +89,54 @@ def test_wheel_holds_only_the_attn_package(tmp_path):
     # Everything imports and composes from the wheel; only the generic `models` fails.
     assert out.returncode != 0 and "No module named 'models'" in out.stderr, out.stderr[-2000:]
     assert out.stdout.strip() == str(site / "attn" / "__init__.py")
+
+
+def _documented(program: str) -> list[str]:
+    """The arguments of every ``attn <program>`` line in a code block of the README and docs/ that a reader
+    can run as written: no placeholder (``<run dir>``, ``...``), no line continuation, no flag but
+    ``--dir``, no files or config directories of their own (the plugin example has its own test)."""
+    found = []
+    for block in re.findall(r"```[\w-]*\n(.*?)```", DOCS, flags=re.S):
+        for line in block.splitlines():
+            line = re.sub(r"^\$ ", "", line.split("  #")[0].strip()).split(" && ")[0]
+            if not re.match(rf"^attn {program}\b", line) or line.endswith("\\"):
+                continue
+            args = shlex.split(line)[2:]
+            if any("<" in a or a == "..." or "data/" in a for a in args):
+                continue
+            if any(a.startswith("--") and a != "--dir" for a in args):
+                continue
+            if "--dir" in args:
+                del args[args.index("--dir") : args.index("--dir") + 2]
+            found.append(" ".join(args))
+    return sorted(set(found))
+
+
+def test_the_docs_show_commands():
+    assert len(_documented("train")) >= 10 and len(_documented("sweep")) >= 8
+
+
+@pytest.mark.parametrize("args", _documented("train"))
+def test_every_documented_train_command_composes(args, monkeypatch):
+    """``attn train ARGS`` as the docs show it composes and validates (or fails with the error line the
+    docs print beside it)."""
+    import attn.runner.schema as schema
+    from attn.runner.config import load
+    from attn.runner.errors import ConfigError
+
+    monkeypatch.setattr(schema, "cpu_has_bf16", lambda: True)  # composition, not this machine's CPU
+    printed = re.search(rf"\$ attn train {re.escape(args)}\n(error: .*)\n", DOCS)
+    if printed:
+        with pytest.raises(ConfigError):
+            load(shlex.split(args))
+    else:
+        load(shlex.split(args))
+
+
+@pytest.mark.parametrize("args", _documented("sweep"))
+def test_every_documented_sweep_command_plans(args):
+    """``attn sweep ARGS`` as the docs show it plans: every trial composes (what ``--dry-run`` checks)."""
+    from attn.runner.sweep import plan
+
+    manifest, _ = plan(shlex.split(args))
+    assert manifest.trials

@@ -1,4 +1,4 @@
-"""The README's "Bring your own attention" example, run exactly as written, outside the package."""
+"""The "Bring your own attention" example of docs/plugins.md, run exactly as written, outside the package."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
 BLOCK = re.compile(r"<!-- example: (?P<name>[^ ]+) -->\n```\w*\n(?P<body>.*?)```", re.S)
 
 
 def example() -> tuple[dict[str, str], list[str]]:
-    """The example's files ``{path: text}`` and its command lines, from the README."""
-    blocks = {m["name"]: m["body"] for m in BLOCK.finditer(README.read_text())}
+    """The example's files ``{path: text}`` and its command lines, from docs/plugins.md."""
+    blocks = {m["name"]: m["body"] for m in BLOCK.finditer(PAGE.read_text())}
     commands = [line for line in blocks.pop("commands").splitlines() if line.strip()]
     return blocks, commands
 
