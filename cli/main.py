@@ -77,6 +77,10 @@ COMMON_HELP = (
     "Hydra overrides, e.g. attention=additive softmax.temperature=0.5 trainer.max_epochs=8 seed=7. "
     "threads=auto|<n>|torch sets the CPU threads (auto: the CPUs this process may use, see docs/threads.md)."
 )
+BENCH_HELP = (
+    "Hydra overrides of the configuration to measure, e.g. model.d_model=256 task.datamodule.batch_size=32"
+    " precision=bf16-mixed. threads=auto|<n>|torch sets the CPU threads (docs/threads.md)."
+)
 OVERRIDES_HELP = COMMON_HELP + (
     " resume=<run dir> continues an interrupted run (only trainer.max_epochs and threads may change)."
 )
@@ -332,8 +336,13 @@ def sweep(
 
 @app.command()
 def report(
-    path: Annotated[
-        str | None, typer.Argument(help="A sweep or runs directory (default: runs).", show_default=False)
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Sweep or runs directories, read as one (default: runs).",
+            show_default=False,
+            metavar="[DIR]...",
+        ),
     ] = None,
     metric: Annotated[
         str | None,
@@ -373,7 +382,8 @@ def report(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False,
 ) -> None:
-    """Summarise runs: per task, mean ± std and 95% CI over seeds per configuration, best marked."""
+    """Summarise runs (of one or several directories, read as one): per task, mean ± std and 95% CI over
+    seeds per configuration, best marked."""
     from attn.runner.collect import collect, collect_wandb, tunings
     from attn.runner.plugins import load_plugins
     from attn.runner.report import build  # matplotlib, torch (heatmaps): not for --help
@@ -385,12 +395,17 @@ def report(
             runs = collect_wandb(wandb_path, group)
             target = out or f"report-{wandb_path.replace('/', '-')}"
         else:
-            root = path or "runs"
-            runs = collect(root)
-            if not runs:
-                raise ConfigError(f"{root}: no runs found (no results.json or sweep.json under it)")
-            target = out or f"{root}/report"
-            tuned = tunings(root)
+            roots = list(dict.fromkeys(paths or ["runs"]))
+            runs, seen = [], set()
+            for root in roots:
+                found = collect(root)
+                if not found:
+                    raise ConfigError(f"{root}: no runs found (no results.json or sweep.json under it)")
+                runs += [r for r in found if r.run_dir not in seen]  # a folder given twice counts once
+                seen |= {r.run_dir for r in found}
+                tuned += tunings(root)
+            # several folders: the report goes into the first, beside (not over) its own report
+            target = out or (f"{roots[0]}/report" if len(roots) == 1 else f"{roots[0]}/report-combined")
         settings = {
             "metric": metric, "formats": tuple(f.strip() for f in formats.split(",") if f.strip()),
             "group_by": tuple(g.strip() for g in group_by.split(",") if g.strip()), "split_by": split_by,
@@ -418,7 +433,7 @@ def report(
 
 @app.command(context_settings={"ignore_unknown_options": True}, epilog=_groups_epilog())
 def bench(
-    overrides: Annotated[list[str] | None, typer.Argument(help=COMMON_HELP, show_default=False)] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help=BENCH_HELP, show_default=False)] = None,
     steps: Annotated[int, typer.Option("--steps", help="Measured training steps per loop.")] = 30,
     warmup: Annotated[int, typer.Option("--warmup", help="Steps run before measuring.")] = 5,
     matmul_n: Annotated[int, typer.Option("--matmul-n", help="Matrix size of the peak measurement.")] = 2048,

@@ -84,29 +84,39 @@ def print_phases(manifest: Any, tune: dict[str, Any]) -> None:
         typer.echo(f"  {t.id}  {' '.join(t.overrides)}{fill}")
 
 
+NARROW = 120  # columns below which the report prints one record per group instead of a table
+
+
 def print_report(rep: Any, group_by: tuple[str, ...]) -> None:
     """``attn report``'s tables and verdicts per task, warnings, and the runs that did not complete."""
     from rich.console import Console
     from rich.table import Table
 
     from attn.runner.aggregate import split_metrics
-    from attn.runner.report import mixed_origins, table_rows, task_lines, tuning_rows
+    from attn.runner.report import mixed_origins, shown_path, table_rows, task_lines, tuning_rows
 
     console = Console()
     for split, groups in rep.groups.items():
         own = rep.verdicts[split].split_keys if split in rep.verdicts else []
         rows = table_rows(groups, group_by, split_metrics(groups)[:1], own)
-        table = Table(title=f"task: {split}")
-        for h in rows[0]:
-            table.add_column(h)
-        for g, cells in zip(groups, rows[1:], strict=True):
-            table.add_row(*cells, style="bold green" if g.best else ("green" if g.tied else None))
-        console.print(table)
+        if console.width < NARROW:  # a narrow terminal or a pipe: one record per group, no value cut
+            console.print(f"task: {split}", style="bold", markup=False)
+            for g, cells in zip(groups, rows[1:], strict=True):
+                fields = [f"{h}: {c}" for h, c in zip(rows[0], cells, strict=True) if c not in ("", "–")]
+                console.print("- " + "; ".join(fields), markup=False, soft_wrap=True,
+                              style="bold green" if g.best else None)  # fmt: skip
+        else:
+            table = Table(title=f"task: {split}")
+            for h in rows[0]:
+                table.add_column(h)
+            for g, cells in zip(groups, rows[1:], strict=True):
+                table.add_row(*cells, style="bold green" if g.best else ("green" if g.tied else None))
+            console.print(table)
         for line in task_lines(rep, split):
             console.print(line, markup=False, style="bold" if line.startswith("Verdict") else None)
     for t in rep.tunings:
         rows, warnings = tuning_rows(t)
-        table = Table(title=f"tuning: {t.sweep_dir}")
+        table = Table(title=f"tuning: {shown_path(t.sweep_dir)}")
         for h in rows[0]:
             table.add_column(h)
         for cells in rows[1:]:
@@ -121,6 +131,9 @@ def print_report(rep: Any, group_by: tuple[str, ...]) -> None:
     counts: dict[str, int] = {}
     for r in rep.runs:
         counts[r.status] = counts.get(r.status, 0) + 1
-    console.print(f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    left_out = f"; {rep.tuning_runs} tuning runs left out (never results)" if rep.tuning_runs else ""
+    console.print(
+        f"{len(rep.runs)} runs read: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + left_out
+    )
     for r in rep.problems:
         console.print(f"  {r.status}: {r.run_dir}: {r.error or ''}", markup=False, soft_wrap=True)

@@ -27,6 +27,7 @@ from .stats import (
     is_counter,
     is_descriptive,
     lower_is_better,
+    metric_order,
     metric_range,
     optimism,
     prob_improvement,
@@ -52,6 +53,7 @@ class Rank:
     """Where a group stands on one metric among its task's groups."""
 
     best: bool = False
+    top: bool = False  # the best mean of the groups with 2+ seeds (what the others are compared with)
     tied: bool = False  # not distinguishable from the best (Holm-corrected Welch p >= ALPHA)
     p: float | None = None  # Welch's p against the best, uncorrected
     p_holm: float | None = None
@@ -123,7 +125,8 @@ def ranking_metric(present: set[str], metric: str) -> str:
 
 def split_metrics(groups: list[Group]) -> list[str]:
     """One task's metric columns: its ranking metric first, then its other test metrics."""
-    present = sorted({m for g in groups for m in g.stats if m.startswith("test/") and m != CHANCE})
+    present = {m for g in groups for m in g.stats if m.startswith("test/") and m != CHANCE}
+    present = sorted(present, key=metric_order)
     ranking = groups[0].metric if groups else ""
     return [ranking, *[m for m in present if m != ranking]] if ranking else present
 
@@ -208,6 +211,7 @@ def rank(groups: list[Group], metric: str, floor: float = 0.0) -> tuple[str, int
         return f"no group has 2 or more seeds of {metric}: nothing is ranked", 0
     sign = -1 if lower_is_better(metric) else 1
     top = max(eligible, key=lambda g: sign * g.stats[metric].mean)
+    top.ranks[metric].top = True
     others = [g for g in eligible if g is not top]
     raw = [welch_p(top.stats[metric], g.stats[metric], floor) for g in others]
     adjusted = holm(raw)
@@ -368,11 +372,20 @@ def aggregate_with_verdicts(
             if m == ranked_by:
                 text, k = line, n
         versus_best(rows, ranked_by)
+        rows.sort(key=lambda g: _by_score(g, ranked_by))  # best first; the key's order breaks ties
         mine = [r for r in tuning or [] if str(r.get(split_by)) == split]
         text += lottery_text(rows, thresholds) + (published_rules(rows, mine, ranked_by) if mine else "")
         verdicts[split] = Verdict(text, extra, k)
         out[split] = rows
     return out, verdicts
+
+
+def _by_score(g: Group, metric: str) -> tuple[int, float]:
+    """Sort key: groups with ``metric`` first, best mean first (a metric of no direction keeps the order)."""
+    s = g.stats.get(metric)
+    if s is None or is_descriptive(metric) or is_counter(metric):
+        return (1, 0.0)
+    return (0, s.mean if lower_is_better(metric) else -s.mean)
 
 
 # Second scores of the same checkpoint (test/adaptive_acc@N beside test/acc@N): prefix -> what differs.

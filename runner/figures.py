@@ -141,9 +141,10 @@ def _curve(run_dir: str, key: str) -> dict[int, float]:
 
 def learning_curves(
     groups: list[Group], group_by: tuple[str, ...], metric: str
-) -> tuple[dict[str, list[tuple[int, float]]], str]:
-    """The task's monitored validation metric (``task.monitor``, e.g. ``val/acc``) per training step, mean
-    over seeds, for the best group (by ``metric``) of each attention kind; and the monitor's name."""
+) -> tuple[dict[str, list[tuple[int, float, float, float]]], str]:
+    """The task's monitored validation metric (``task.monitor``, e.g. ``val/acc``) per training step: mean,
+    lowest and highest over seeds, for the best group (by ``metric``) of each attention kind, labelled with
+    its values, the values tuning selected and its number of seeds; and the monitor's name."""
     sign = -1 if lower_is_better(metric) else 1
     ai = _index(group_by, "attention")
     best: dict[Any, Group] = {}
@@ -152,14 +153,19 @@ def learning_curves(
         s = g.stats.get(metric)
         if s is not None and (kind not in best or sign * s.mean > sign * best[kind].stats[metric].mean):
             best[kind] = g
-    curves: dict[str, list[tuple[int, float]]] = {}
+    curves: dict[str, list[tuple[int, float, float, float]]] = {}
     monitor = "val/acc"
     for _, g in sorted(best.items(), key=lambda kv: str(kv[0])):
         monitor = str((g.runs[0].config.get("task") or {}).get("monitor") or "val/acc")
         found = [c for c in (_curve(r.run_dir, monitor) for r in g.runs) if c]
         steps = sorted(set.intersection(*(set(c) for c in found))) if found else []
         if steps:
-            curves[" / ".join(map(str, g.key))] = [(e, sum(c[e] for c in found) / len(found)) for e in steps]
+            tuned = sorted({" ".join(f"{k}={v}" for k, v in r.tuned.items()) for r in g.runs if r.tuned})
+            label = " / ".join(map(str, g.key)) + (f" ({'; '.join(tuned)})" if tuned else "")
+            curves[f"{label}, {len(found)} seed{'s' if len(found) > 1 else ''}"] = [
+                (e, sum(c[e] for c in found) / len(found), min(c[e] for c in found), max(c[e] for c in found))
+                for e in steps
+            ]
     return curves, monitor
 
 
@@ -291,7 +297,7 @@ def draw_all(
             )
         curves, monitor = learning_curves(gs, group_by, m)
         if curves:
-            title = f"{split}: learning curves (best setting per kind)"
+            title = f"{split}: {monitor} while training (best setting per kind; ranked by {m})"
             paths.append(
                 plots.learning_curves(curves, monitor, chance, out / f"{slug}_learning_curves.png", title)
             )

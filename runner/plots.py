@@ -116,16 +116,27 @@ def metric_vs_length(
 
 
 def learning_curves(
-    curves: dict[str, list[tuple[int, float]]], monitor: str, chance: float | None, path: Path, title: str
+    curves: dict[str, list[tuple[int, float, float, float]]],
+    monitor: str,
+    chance: float | None,
+    path: Path,
+    title: str,
 ) -> Path:
-    """The monitored validation metric per training step, one line per label (mean over seeds)."""
+    """The monitored validation metric per training step, one line per label: the mean over seeds, and
+    the band from the lowest to the highest seed; the chance level dashed, inside the axis."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, points in curves.items():
-        ax.plot([e for e, _ in points], [v for _, v in points], marker=".", label=label)
+        steps = [p[0] for p in points]
+        (line,) = ax.plot(steps, [p[1] for p in points], marker=".", label=label)
+        low, high = [p[2] for p in points], [p[3] for p in points]
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     _chance_line(ax, chance, monitor)
+    if chance is not None and monitor.endswith("/acc"):
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, chance - 0.02), max(high, chance + 0.02))
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"{monitor} (mean over seeds)")
+    ax.set_ylabel(f"{monitor} (mean over seeds; band: lowest to highest)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

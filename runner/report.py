@@ -35,7 +35,18 @@ from .collect import ALIASES, Run, Tuning
 from .errors import ConfigError
 from .figures import STATE, draw_all, recall_vs_state
 from .paths import now_iso
-from .stats import ALPHA, BOOTSTRAP_MIN_N, CHANCE, POWER_MIN_N, Stat, iqm, is_counter, is_descriptive
+from .stats import (
+    ALPHA,
+    BOOTSTRAP_MIN_N,
+    CHANCE,
+    POWER_MIN_N,
+    Stat,
+    base_name,
+    iqm,
+    is_counter,
+    is_descriptive,
+    metric_order,
+)
 from .tune import TuneSpec, at_edge
 
 FORMATS = ("md", "html", "csv")
@@ -69,6 +80,15 @@ def mixed_origins(groups: dict[str, list[Group]]) -> list[str]:
     return lines
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the working directory where it lies below it (headings stay short and say the
+    same on every machine), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -79,15 +99,23 @@ def _cell(stat: Stat | None, metric: str = "") -> str:
     if is_counter(metric):  # a count: its value, or the range over seeds
         lo, hi = min(stat.values), max(stat.values)
         return f"{lo:g}" if lo == hi else f"{lo:g}–{hi:g}"
+    d = 0 if base_name(metric).startswith("steps_to_") else 4  # steps: whole numbers
     if stat.n < 2:
-        return f"{_fmt(stat.mean)} (n=1)"
+        return f"{_fmt(stat.mean, d)} (n=1)"
     lo, hi = stat.ci
-    return f"{_fmt(stat.mean)} ± {_fmt(stat.std)} [{_fmt(lo)}, {_fmt(hi)}]"
+    return f"{_fmt(stat.mean, d)} ± {_fmt(stat.std, d)} [{_fmt(lo, d)}, {_fmt(hi, d)}]"
 
 
 def _mark(g: Group) -> str:
     r = g.rank()
-    mark = "best" if r.best else ("≈ best" if r.tied else "")
+    if r.best:
+        mark = "best"
+    elif r.top:
+        mark = "best mean (not separated from the rest)"
+    elif r.tied and r.at_chance:
+        mark = "not separated from the best"  # a chance-level group is not "≈ best", only untold apart
+    else:
+        mark = "≈ best" if r.tied else ""
     if r.p_holm is not None:
         mark = f"{mark} (p={r.p:.3f}, Holm {r.p_holm:.3f})".strip()
     if r.at_chance:
@@ -142,7 +170,7 @@ def table_rows(
         and not is_counter(ranking)
         and any(g.stats.get(ranking) is not None and g.stats[ranking].n >= 2 for g in groups)
     )
-    header = [*group_by, *split_on, "n"]
+    header = [*group_by, *split_on, "n", "seeds"]
     header += [m if is_counter(m) else f"{m} mean ± std [95% CI]" for m in metrics]
     header += [f"{ranking} IQM [95% percentile bootstrap, n ≥ {BOOTSTRAP_MIN_N}]"] if robust else []
     header += ["solved [95% Wilson]"] if success else []
@@ -154,7 +182,7 @@ def table_rows(
     rows = [header]
     for g in groups:
         n = max((s.n for s in g.stats.values()), default=len(g.runs))
-        cells = [*map(str, g.key), *([selected_text(g)] if tuned else []), str(n)]
+        cells = [*map(str, g.key), *([selected_text(g)] if tuned else []), str(n), seeds_text(g)]
         cells += [_cell(g.stats.get(m), m) for m in metrics]
         cells += [_iqm_cell(g.stats.get(ranking))] if robust else []
         cells += [_success_cell(g)] if success else []
@@ -162,6 +190,14 @@ def table_rows(
         cells += [_fmt(g.chance)] if chance else []
         rows.append([*cells, _fmt(g.duration, 1), _mark(g)])
     return rows
+
+
+def seeds_text(g: Group) -> str:
+    """The seeds of a group's runs (``0,1,2``; the final seeds of a tuned sweep), in order."""
+    seeds = sorted(
+        {r.get("seed") for r in g.runs if r.get("seed") is not None}, key=lambda x: (str(type(x)), x)
+    )
+    return ",".join(str(x) for x in seeds) or "–"
 
 
 def selected_text(g: Group) -> str:
@@ -202,7 +238,8 @@ def tuning_rows(t: Tuning) -> tuple[list[list[str]], list[str]]:
                 f" {grid[-1]}); the best value may lie beyond it"
             )
     if not t.selected:
-        warnings.append(f"warning: {t.sweep_dir} has not selected yet (its tuning phase has not ended)")
+        where = shown_path(t.sweep_dir)
+        warnings.append(f"warning: {where} has not selected yet (its tuning phase has not ended)")
     return rows, warnings
 
 
@@ -268,11 +305,12 @@ class Report:
     tunings: list[Tuning] = field(default_factory=list)
     tuning_runs: int = 0  # tuning trials read and left out of the results
     notes: list[str] = field(default_factory=list)  # what the report did not draw, and why
+    tuning: list[Run] = field(default_factory=list)  # those trials (runs.csv lists them, phase=tune)
 
 
 def report_metrics(runs: list[Run], metric: str) -> list[str]:
     """The metric columns: the chosen metric first, then the other test metrics present."""
-    present = sorted({m for r in runs if r.status == "completed" for m in r.metrics})
+    present = sorted({m for r in runs if r.status == "completed" for m in r.metrics}, key=metric_order)
     rest = [m for m in present if m not in (metric, CHANCE) and m.startswith("test/")]
     return [metric, *rest]
 
@@ -324,6 +362,7 @@ def build(
     files: list[Path] = []
     images: dict[str, list[Path]] = {}
     rep = Report(groups, runs, problems, files, metrics, command, verdicts, list(tunings or []), tuning_runs)
+    rep.tuning = tuning
     if out_dir is None:
         return rep
     out = Path(out_dir)
@@ -343,13 +382,17 @@ def build(
 
 
 def _write_csv(rep: Report, group_by: tuple[str, ...], out: Path) -> list[Path]:
-    metrics = sorted({m for r in rep.runs for m in r.metrics})
+    everything = [*rep.runs, *rep.tuning]  # the tuning trials too, marked: never results
+    metrics = sorted({m for r in everything for m in r.metrics}, key=metric_order)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["run_dir", "status", "task", *group_by, "seed", *metrics, "duration_s", "error"])
-    for r in rep.runs:
+    w.writerow(["run_dir", "status", "phase", "task", *group_by, "seed", "selected", *metrics, "duration_s",
+                "error"])  # fmt: skip
+    for r in everything:
+        values = r.tuned if r.phase == "final" else r.candidate  # selected, or tried (a tuning trial)
         w.writerow(
-            [r.run_dir, r.status, r.get("task"), *[r.get(g) for g in group_by], r.get("seed")]
+            [r.run_dir, r.status, r.phase or "", r.get("task"), *[r.get(g) for g in group_by], r.get("seed")]
+            + [" ".join(f"{k}={v}" for k, v in values.items())]
             + [r.metrics.get(m, "") for m in metrics]
             + [r.duration_s if r.duration_s is not None else "", r.error or ""]
         )
@@ -443,6 +486,8 @@ CAPTION = (
     f" (Welch's t-test against it, Holm-corrected over the task's comparisons, α = {ALPHA}; for rates each"
     " group's std counts as at least one test example) and not every group is at chance level; ≈ best:"
     f" Holm-adjusted p ≥ {ALPHA}; at chance: the interval reaches the task's chance level (majority class)."
+    " val/steps_to_50pct and val/steps_to_90pct: the first step at which validation was 50% / 90% of the way"
+    " from chance to the run's own final value (not to 90% accuracy)."
 )
 
 
@@ -464,9 +509,28 @@ def task_lines(rep: Report, split: str) -> list[str]:
             f"Set aside {len(copies)} duplicate run(s), the configuration, seed and origin of a run already"
             f" counted (counted once): {where}."
         )
+    trained = _training_length(groups)
+    if trained:
+        lines.append(trained)
     if v and v.text:
         lines.append(f"Verdict: {v.text}.")
     return lines
+
+
+def _training_length(groups: list[Group]) -> str:
+    """``Each run trained 1 epoch (107 steps).``: how long the runs of a task trained (a range when they
+    differ), so that a reader knows what a short study measured."""
+
+    def span(values: set[int], unit: str) -> str:
+        lo, hi = min(values), max(values)
+        return f"{lo}{'' if lo == hi else f'-{hi}'} {unit}{'' if hi == 1 else 's'}"
+
+    runs = [r for g in groups for r in g.runs]
+    epochs = {int(r.metrics["train/epochs"]) for r in runs if "train/epochs" in r.metrics}
+    steps = {int(r.metrics["train/steps"]) for r in runs if "train/steps" in r.metrics}
+    if not epochs or not steps:
+        return ""
+    return f"Each run trained {span(epochs, 'epoch')} ({span(steps, 'step')})."
 
 
 def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]], out: Path) -> str:
@@ -496,7 +560,7 @@ def _markdown(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Pat
     lines += [f"- {n}" for n in rep.notes]
     for t in rep.tunings:
         rows, warnings = tuning_rows(t)
-        lines += ["", f"## Tuning: {t.sweep_dir}", "", TUNING_CAPTION, ""]
+        lines += ["", f"## Tuning: {shown_path(t.sweep_dir)}", "", TUNING_CAPTION, ""]
         lines += [f"**{w}**" for w in warnings] + ([""] if warnings else [])
         lines += [_markdown_table(rows)]
     lines += ["", "## Provenance", ""]
@@ -543,7 +607,8 @@ def _html(rep: Report, group_by: tuple[str, ...], images: dict[str, list[Path]])
     parts += [f"<p>{html.escape(n)}</p>" for n in rep.notes]
     for t in rep.tunings:
         rows, warnings = tuning_rows(t)
-        parts.append(f"<h2>Tuning: {html.escape(t.sweep_dir)}</h2><p>{html.escape(TUNING_CAPTION)}</p>")
+        heading = html.escape(shown_path(t.sweep_dir))
+        parts.append(f"<h2>Tuning: {heading}</h2><p>{html.escape(TUNING_CAPTION)}</p>")
         parts += [f"<p class='verdict'>{html.escape(w)}</p>" for w in warnings]
         parts.append(_html_table(rows, [""] * (len(rows) - 1)))
     parts.append("<h2>Provenance</h2>")
@@ -574,6 +639,7 @@ def _json(rep: Report, group_by: tuple[str, ...]) -> dict[str, Any]:
             "p_holm": num(g.rank().p_holm),
             "chance": g.chance,
             "selected": next((r.tuned for r in g.runs if r.tuned), None),
+            "seeds": sorted({r.get("seed") for r in g.runs if r.get("seed") is not None}, key=str),
             "published_rule": num(g.published),  # the best tuning candidate's test mean (tuned sweeps)
             "published_from": g.published_from or None,
             "optimism": num(g.optimism),

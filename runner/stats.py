@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 ALPHA = 0.05
 CHANCE = "test/chance_acc"  # majority-class accuracy of the test split, logged by classification tasks
@@ -68,6 +71,11 @@ def base_name(metric: str) -> str:
         if last.startswith(prefix) and last[len(prefix) :] in METRIC_KINDS:
             return last[len(prefix) :]
     return last
+
+
+def metric_order(name: str) -> tuple[Any, ...]:
+    """Sort key for metric names with lengths in numeric order (``test/acc@16`` before ``test/acc@128``)."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
 def kind_of(metric: str) -> MetricKind:
@@ -392,9 +400,11 @@ def seeds_for_power(a: Stat, b: Stat, power: float = 0.8, alpha: float = ALPHA) 
     from statsmodels.stats.power import TTestIndPower
 
     d = abs(a.mean - b.mean) / pooled
-    n = TTestIndPower().solve_power(
-        effect_size=d, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
-    )
+    with warnings.catch_warnings():  # a tiny effect's root search warns; the result is checked below
+        warnings.simplefilter("ignore")
+        n = TTestIndPower().solve_power(
+            effect_size=d, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+        )
     n = float(n)
     return max(2, math.ceil(n)) if math.isfinite(n) else None
 

@@ -675,20 +675,27 @@ def _preemption(proc: subprocess.Popen) -> Iterator[Any]:
 
 
 def _print_progress(manifest: Manifest, trial: Trial) -> None:
+    """``[k/N] ... | elapsed <since this process launched the sweep>, about <eta> left``: the ETA is the mean
+    wall time of the trials this launch finished, times the trials left, over the launcher's parallelism."""
     c = manifest.counts()
     total = len(manifest.trials)
     finished = c["completed"] + c["failed"]
     elapsed = time.time() - manifest.extra.get("session_started_unix", time.time())
     this_session = manifest.extra.get("session_finished", 0) + 1
     manifest.extra["session_finished"] = this_session
-    # Wall time per trial finished in this session already reflects the parallelism.
-    eta = elapsed / this_session * (total - finished)
+    wall = manifest.extra.get("session_wall_s", 0.0) + float(trial.extra.get("wall_s") or 0.0)
+    manifest.extra["session_wall_s"] = wall
+    parallel = max(1, int(manifest.n_jobs)) if manifest.launcher != "basic" else 1
+    eta = wall / this_session * (total - finished) / parallel
     line = (
         f"[{finished}/{total}] completed {c['completed']}, failed {c['failed']}"
         f" | trial {trial.id} {trial.status} in {trial.extra['wall_s']:.1f} s"
         f" | elapsed {_hms(elapsed)}, about {_hms(eta)} left"
     )
     print(line, flush=True)
+
+
+_STARTED: dict[str, float] = {}  # sweep directory -> when this process first launched it
 
 
 def _hms(seconds: float) -> str:
@@ -800,8 +807,9 @@ def launch_trials(sweep_dir: str | Path, only: str | None = None) -> Manifest:
             else:
                 t.status = "pending" if t.status != "failed" else "failed"
                 todo.append(str(t.number))
-        m.extra["session_started_unix"] = time.time()
-        m.extra["session_finished"] = 0
+        # elapsed counts from this process's first launch of the sweep (a tuned sweep's phases are launches)
+        m.extra["session_started_unix"] = _STARTED.setdefault(str(Path(root).resolve()), time.time())
+        m.extra["session_finished"], m.extra["session_wall_s"] = 0, 0.0
         launcher, n_jobs = m.launcher, int(m.n_jobs)
         extra = list(m.launcher_overrides)
         first = m.trials[0]

@@ -104,7 +104,7 @@ def test_no_threshold_no_success_rates(tmp_path):
     build(runs, tmp_path, plots=False)
     summary = (tmp_path / "summary.csv").read_text().splitlines()
     assert summary[0].endswith("seeds_for_80pct_power,success_rate,success_ci_low,success_ci_high,"
-                               "p_success_fisher,p_success_holm")  # fmt: skip
+                               "p_success_fisher,p_success_holm,published_rule,optimism")  # fmt: skip
     md = (tmp_path / "report.md").read_text()
     assert "IQM [95% percentile bootstrap, n ≥ 10]" in md and "P(best>)" in md
     assert "solved [95% Wilson]" not in md

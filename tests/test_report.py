@@ -263,7 +263,7 @@ def test_tasks_without_the_metric_are_ranked_by_their_own(runs_dir, tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     translation = md[md.index("## task: translation") :]
     header = next(line for line in translation.splitlines() if line.startswith("| attention"))
-    assert header.startswith("| attention | softmax | temperature | n | test/bleu mean")
+    assert header.startswith("| attention | softmax | temperature | n | seeds | test/bleu mean")
     assert "test/acc" not in header
     assert "Ranked by test/bleu (test/acc is not logged by this task)." in translation
     with pytest.raises(ConfigError, match="metric 'test/f1' is in no completed run"):
