@@ -123,12 +123,8 @@ class ListOpsDataModule(TokenClassificationDataModule):
         super().__init__()
         self.check_config("task.datamodule", dict(locals()))
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
-        self.min_length, self.max_length, self.max_depth, self.max_args = (
-            min_length,
-            max_length,
-            max_depth,
-            max_args,
-        )
+        self.min_length, self.max_length = min_length, max_length
+        self.max_depth, self.max_args = max_depth, max_args
         self.max_len, self.batch_size, self.seed, self.num_workers = max_len, batch_size, seed, num_workers
         self.labels = list(DIGITS)
         self.vocab = None

@@ -42,25 +42,33 @@ def _save(fig: Any, plt: Any, path: Path) -> Path:
     return path
 
 
-def metric_vs_temperature(
-    lines: dict[str, list[Point]], metric: str, chance: float | None, path: Path, title: str
-) -> Path:
-    """``metric`` against the softmax temperature (log x axis), one line per label, error bars as given
-    (the 95% interval), and the chance level as a dashed line where it is known."""
+def _lines_on_log_x(
+    lines: dict[str, list[Point]], metric: str, chance: float | None, title: str, base: float = 10
+) -> tuple[Any, Any, Any]:
+    """A figure of one line per label with its error bars on a log x axis, the chance level dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, points in sorted(lines.items()):
         _errorbars(ax, label, points)
     _chance_line(ax, chance, metric)
-    ax.set_xscale("log")
-    temps = sorted({p[0] for points in lines.values() for p in points})
-    ax.set_xticks(temps, [f"{t:g}" for t in temps])
-    ax.minorticks_off()
-    ax.set_xlabel("softmax temperature T")
+    ax.set_xscale("log", base=base)
     ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return plt, fig, ax
+
+
+def metric_vs_temperature(
+    lines: dict[str, list[Point]], metric: str, chance: float | None, path: Path, title: str
+) -> Path:
+    """``metric`` against the softmax temperature (log x axis), one line per label, error bars as given
+    (the 95% interval), and the chance level as a dashed line where it is known."""
+    plt, fig, ax = _lines_on_log_x(lines, metric, chance, title)
+    temps = sorted({p[0] for points in lines.values() for p in points})
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.minorticks_off()
+    ax.set_xlabel("softmax temperature T")
     return _save(fig, plt, path)
 
 
@@ -69,17 +77,8 @@ def metric_vs_state(
 ) -> Path:
     """``metric`` against the bytes the attention carries per sequence at inference (log2 x axis), one
     line per attention kind, error bars as given (the 95% interval)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, points in sorted(lines.items()):
-        _errorbars(ax, label, points)
-    _chance_line(ax, chance, metric)
-    ax.set_xscale("log", base=2)
+    plt, fig, ax = _lines_on_log_x(lines, metric, chance, title, base=2)
     ax.set_xlabel("state per sequence (bytes, log2)")
-    ax.set_ylabel(metric)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     return _save(fig, plt, path)
 
 

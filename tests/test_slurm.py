@@ -621,3 +621,28 @@ def test_a_tuned_sweep_submits_its_final_array_when_the_tuning_array_has_ended(c
     assert len(arrays[0]) == 1 and len(arrays[1]) == 1 and arrays[0] != arrays[1]  # two arrays
     assert min(t.extra["started"] for t in final) >= max(t.extra["finished"] for t in tune)
     assert all(t.overrides[-1] == f"optim.lr={m.extra['selected']['all']['optim.lr']}" for t in final)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_successive_halving_on_the_cluster(cluster, tmp_path):
+    """--tune-halving on SLURM: every candidate's job pauses at half the budget, the kept one is submitted
+    again and resumes from its checkpoint (no step twice), the dropped one stays paused, the final array
+    trains at the selection."""
+    tiny = [*TINY, "task.datamodule.n_val=64", "task.datamodule.n_test=64", "trainer.max_epochs=2"]
+    args = [*tiny, "seed=0", "--tune", "optim.lr=1e-3,3e-2", "--tune-seeds", "7", "--tune-halving", "2",
+            "launcher=slurm", *SMALL_JOB]  # fmt: skip
+    proc = _sweep_in_background(tmp_path / "s", args)
+    out = _finish(proc)
+    assert proc.returncode == 0, out[-3000:]
+    m = read_manifest(tmp_path / "s")
+    tune = [t for t in m.trials if t.extra.get("phase") == "tune"]
+    (dropped,) = [t for t in tune if t.extra.get("halted") is not None]
+    (kept,) = [t for t in tune if t.extra.get("halted") is None]
+    record = json.loads((tmp_path / "s" / kept.run_dir / "results.json").read_text())
+    steps = [a["steps"] for a in record["attempts"]]
+    assert record["status"] == "completed" and len(steps) == 2 and steps[1] == 2 * steps[0]
+    assert m.extra["selected"] == {"all": kept.extra["candidate"]}
+    final = [t for t in m.trials if t.extra.get("phase") == "final"]
+    assert len(final) == 1 and final[0].status == "completed"
+    assert dropped.status != "completed"  # trained to half its budget, never to the end
