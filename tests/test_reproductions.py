@@ -398,3 +398,18 @@ def test_one_zoology_figure2_full_trial_runs():
     record, exc = run(load([*trial.overrides, *small]))
     assert exc is None and record["status"] == "completed", record["error"]
     assert record["metrics"]["state_bytes"] == 2 * (2 * 512 * 512) * 4  # 2 layers, 512 tokens, width 512
+
+
+def test_no_baseline_where_its_regression_would_not_fit_in_memory(capsys):
+    """Zoology's 8,192 tokens would make the sequence baseline's regression 335 million weights (its
+    features alone took 23 GB and the kernel's OOM killer in a study): it is skipped with one line."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import TensorDataset
+
+    from attn.runner.run import _baseline
+
+    data = TensorDataset(torch.zeros(4, 8, dtype=torch.long), torch.full((4, 8), IGNORE))
+    dm = SimpleNamespace(datasets={"train": data, "test": data}, vocab_size=8192)
+    assert _baseline(dm) == {}
+    assert "no order-blind baseline (test/bow_acc): with 8192 tokens" in capsys.readouterr().err
