@@ -24,13 +24,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from attn.models.flops import config_forward_flops, train_flops
 
 from .errors import ConfigError
 from .machine import cpu_has_bf16, cpu_name
-from .run import build_data_and_module, quiet_third_party
+from .run import build_data_and_module, lightning_trainer_kwargs, quiet_third_party
 from .threads import ThreadPlan, apply_torch, describe, thread_plan
 
 
@@ -120,7 +120,7 @@ def lightning_loop(cfg: DictConfig, steps: int, warmup: int) -> dict[str, float]
         def on_train_end(self, *args: Any) -> None:
             starts.append(time.perf_counter())
 
-    trainer_cfg = OmegaConf.to_container(cfg.trainer)
+    trainer_cfg = lightning_trainer_kwargs(cfg.trainer)
     trainer_cfg.update(
         max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, logger=False, num_sanity_val_steps=0,

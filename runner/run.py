@@ -225,14 +225,23 @@ def validation_interval(trainer: dict[str, Any]) -> float | int:
     return 0.25 if short and plain else 1.0
 
 
+ATTN_TRAINER_KEYS = ("stop_at", "pause_at")  # attn's, not Lightning's (build_callbacks uses them)
+
+
+def lightning_trainer_kwargs(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` as keyword arguments of ``lightning.Trainer`` (attn's own keys left out)."""
+    kwargs = OmegaConf.to_container(trainer_cfg)
+    for own in ATTN_TRAINER_KEYS:
+        kwargs.pop(own, None)
+    return kwargs
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, loggers: list, callbacks: list) -> L.Trainer:
     """The Lightning trainer of ``cfg.trainer``, saving checkpoints atomically."""
     plugins: list = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # attn saves and requeues on USR1 itself: no hpc_ckpt_*.ckpt files
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    kwargs = OmegaConf.to_container(cfg.trainer)
-    for own in ("stop_at", "pause_at"):  # attn's, not the Trainer's (build_callbacks uses them)
-        kwargs.pop(own, None)
+    kwargs = lightning_trainer_kwargs(cfg.trainer)
     kwargs["val_check_interval"] = validation_interval(kwargs)
     return L.Trainer(
         **kwargs,

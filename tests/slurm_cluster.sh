@@ -66,8 +66,10 @@ ClusterName=$CLUSTER
 SlurmctldHost=$host
 SlurmUser=root
 AuthType=auth/munge
-# A requeued job may start again once its old credential has expired: 15 s here, not the default 120 s.
-AuthInfo=cred_expire=15
+# A requeued job may start again once its old credential has expired: 5 s here, not the default 120 s.
+AuthInfo=cred_expire=5
+# Pending jobs (a requeued one among them) are looked at every 1-2 s, not every 30 s (backfill) or 60 s.
+SchedulerParameters=bf_interval=1,sched_interval=2
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

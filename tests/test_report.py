@@ -220,27 +220,6 @@ def test_the_first_sweep_separates_two_kinds(tmp_path):
     assert sigmoid.stats["test/bleu"].n == 3 and sigmoid.rank().p_holm < 0.05
 
 
-@pytest.mark.slow
-def test_report_end_to_end_on_the_smoke_sweep(tmp_path):
-    import os
-    import sys
-
-    attn = str(Path(sys.executable).parent / "attn")
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    sweep = subprocess.run(
-        [attn, "sweep", "sweep=smoke", "--dir", "s"], cwd=tmp_path, env=env, capture_output=True
-    )
-    assert sweep.returncode == 0, sweep.stderr
-    out = subprocess.run([attn, "report", "s"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "4 runs read: 4 completed" in out.stdout
-    report = tmp_path / "s" / "report"
-    assert {"attention_additive.png", "attention_scaled_dot.png", "classification_learning_curves.png"} <= {
-        p.name for p in report.iterdir()
-    }
-    assert "data:image/png;base64," in (report / "report.html").read_text()
-
-
 def test_tasks_without_the_metric_are_ranked_by_their_own(runs_dir, tmp_path):
     for seed, (dot, additive) in enumerate([(90.0, 95.0), (91.0, 96.0), (92.0, 97.0)]):
         for kind, bleu in (("dot", dot), ("additive", additive)):

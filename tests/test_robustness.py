@@ -34,9 +34,9 @@ def _bad_overrides() -> list:
 
 
 ATTN = str(Path(sys.executable).parent / "attn")
-# Long enough (about 1.2 s per epoch here) for a signal to land in the middle of training.
+# Long enough (about 0.5 s per epoch of model=small here, 4 epochs) for a signal to land inside training.
 SIGNALLED = [
-    "model=transformer", "logger=csv", "baseline=false", "diagnostics.enabled=false",
+    "model=small", "logger=csv", "baseline=false", "diagnostics.enabled=false",
     "task.datamodule.n_train=4096", "task.datamodule.n_test=512", "trainer.max_epochs=4",
     "trainer.enable_progress_bar=false",
 ]  # fmt: skip
@@ -115,7 +115,7 @@ def test_signal_saves_stops_and_resume_matches_uninterrupted(tmp_path, uninterru
 def test_second_sigint_exits_at_once(tmp_path):
     run_dir = tmp_path / "run"
     # Two batches of 2048 per epoch: a batch takes long enough to signal twice inside it.
-    proc = start(run_dir, "trainer.max_epochs=50", "task.datamodule.batch_size=2048")
+    proc = start(run_dir, "model=transformer", "trainer.max_epochs=50", "task.datamodule.batch_size=2048")
     wait_for_training(run_dir, proc)
     proc.send_signal(signal.SIGINT)
     for line in proc.stdout:

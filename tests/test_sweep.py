@@ -167,8 +167,13 @@ def test_smoke_sweep_end_to_end(tmp_path):
     done = attn("sweep", "--resume", str(moved), cwd=tmp_path)
     assert done.returncode == 0 and "4 completed" in done.stdout and "completed in" not in done.stdout
     assert not (tmp_path / "s").exists()
-    rep = attn("report", str(moved), "--no-plots", cwd=tmp_path)
+    rep = attn("report", str(moved), cwd=tmp_path)  # with figures (test_report.py reads them)
     assert rep.returncode == 0 and "4 runs read: 4 completed" in rep.stdout, rep.stdout + rep.stderr
+    report = moved / "report"
+    assert {"attention_additive.png", "attention_scaled_dot.png", "classification_learning_curves.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    assert "data:image/png;base64," in (report / "report.html").read_text()
 
 
 @pytest.mark.slow
