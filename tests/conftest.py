@@ -28,6 +28,7 @@ FAST = [
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "baseline=false",
+    "threads=1",  # one thread per run: pytest-xdist runs one worker per core
 ]
 
 
@@ -82,6 +83,13 @@ def hub_repo(tmp_path):
 # one. ATTN_SLOW_LIMIT_S overrides it (0: no check).
 SLOW_LIMIT_S = float(os.environ.get("ATTN_SLOW_LIMIT_S", "20"))
 _unmarked_slow: list[tuple[str, float]] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (the SLURM group, then the end-to-end ones marked slow), so that pytest-xdist
+    does not start the cluster's serial group last and leave the other workers idle at the end."""
+    rank = {"slurm": 0, "slow": 1}
+    items.sort(key=lambda item: min((rank[m.name] for m in item.iter_markers() if m.name in rank), default=2))
 
 
 def pytest_runtest_logreport(report):

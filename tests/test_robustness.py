@@ -74,11 +74,25 @@ def uninterrupted(tmp_path_factory) -> dict:
     return read_record(run_dir / "results.json")["metrics"]
 
 
+def test_every_stopping_signal_has_its_exit_code():
+    from attn.runner.signals import RunInterrupted, exit_code
+
+    for sig, code in [
+        (signal.SIGINT, 130),
+        (signal.SIGTERM, 143),
+        (signal.SIGUSR1, 138),
+        (signal.SIGUSR2, 140),
+    ]:
+        assert exit_code("interrupted", RunInterrupted(sig, 7, saved=True)) == code
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    # SIGUSR1/SIGUSR2: a scheduler's warning before a time limit (sbatch --signal, submitit's USR2)
+    # One signal of each kind end to end: the user's (SIGINT) and a scheduler's warning before a time limit
+    # (SIGUSR1, sbatch --signal). The same path for SIGTERM is run end to end by test_sweep.py (kill of a
+    # sweep) and test_slurm.py (scontrol requeue), for SIGUSR2 by test_slurm.py (submitit's time-out).
     "sig, code",
-    [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR1, 138), (signal.SIGUSR2, 140)],
+    [(signal.SIGINT, 130), (signal.SIGUSR1, 138)],
 )
 def test_signal_saves_stops_and_resume_matches_uninterrupted(tmp_path, uninterrupted, sig, code):
     run_dir = tmp_path / "run"
