@@ -23,7 +23,7 @@ from .test_tune import GRID, TUNE_LR, tuned
 MQAR = [
     "task=mqar", "logger=csv", "model=small", "baseline=false", "task.eval_lengths=[]",
     "task.datamodule.n_train=640", "task.datamodule.n_val=128", "task.datamodule.n_test=128",
-    "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "diagnostics.enabled=false",
+    "trainer.max_epochs=4", "trainer.enable_progress_bar=false", "diagnostics.enabled=false", "threads=1",
 ]  # fmt: skip
 
 

@@ -87,6 +87,7 @@ def test_every_stopping_signal_has_its_exit_code():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("signals")  # one worker: the two share the module's uninterrupted run
 @pytest.mark.parametrize(
     # One signal of each kind end to end: the user's (SIGINT) and a scheduler's warning before a time limit
     # (SIGUSR1, sbatch --signal). The same path for SIGTERM is run end to end by test_sweep.py (kill of a

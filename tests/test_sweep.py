@@ -327,9 +327,9 @@ def test_sigterm_of_the_sweep_stops_its_trials_cleanly(tmp_path):
     """`kill <sweep>`: the running trial saves and records itself interrupted, no further trial starts,
     no trial process outlives the sweep, and --resume finishes the sweep from the saved state."""
     sweep_dir = tmp_path / "s"
-    # 4 epochs of 64 batches (~0.5 s each on model=small): the signal lands inside training
+    # 3 epochs of 64 batches: the signal lands inside training (after the first epoch's checkpoint)
     slow = ["model=small", "logger=csv", "baseline=false", "task.datamodule.n_train=4096",
-            "trainer.max_epochs=4", "trainer.enable_progress_bar=false",
+            "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
             "diagnostics.enabled=false"]  # fmt: skip
     cmd = [ATTN, "sweep", *slow, "seed=0,1", "--dir", str(sweep_dir)]
     env = {**os.environ, "WANDB_MODE": "disabled"}
