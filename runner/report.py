@@ -114,8 +114,10 @@ def _mark(g: Group) -> str:
         mark = "best mean (not separated from the rest)"
     elif r.tied and r.at_chance:
         mark = "not separated from the best"  # a chance-level group is not "≈ best", only untold apart
+    elif r.tied:
+        mark = "≈ best"
     else:
-        mark = "≈ best" if r.tied else ""
+        mark = "worse than best" if r.p_holm is not None else ""  # separated from it by the test
     if r.p_holm is not None:
         mark = f"{mark} (p={r.p:.3f}, Holm {r.p_holm:.3f})".strip()
     if r.at_chance:
@@ -485,7 +487,8 @@ CAPTION = (
     " best: the best mean among groups with 2 or more seeds, marked only when some group differs from it"
     f" (Welch's t-test against it, Holm-corrected over the task's comparisons, α = {ALPHA}; for rates each"
     " group's std counts as at least one test example) and not every group is at chance level; ≈ best:"
-    f" Holm-adjusted p ≥ {ALPHA}; at chance: the interval reaches the task's chance level (majority class)."
+    f" Holm-adjusted p ≥ {ALPHA}; worse than best: Holm-adjusted p < {ALPHA}; at chance: the interval reaches"
+    " the task's chance level (majority class)."
     " val/steps_to_50pct and val/steps_to_90pct: the first step at which validation was 50% / 90% of the way"
     " from chance to the run's own final value (not to 90% accuracy)."
 )

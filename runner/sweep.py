@@ -679,7 +679,8 @@ def _print_progress(manifest: Manifest, trial: Trial) -> None:
     wall time of the trials this launch finished, times the trials left, over the launcher's parallelism."""
     c = manifest.counts()
     total = len(manifest.trials)
-    finished = c["completed"] + c["failed"]
+    halved = sum(1 for t in manifest.trials if t.extra.get("halted") is not None)  # done at their share
+    finished = c["completed"] + c["failed"] + halved
     elapsed = time.time() - manifest.extra.get("session_started_unix", time.time())
     this_session = manifest.extra.get("session_finished", 0) + 1
     manifest.extra["session_finished"] = this_session
@@ -689,8 +690,9 @@ def _print_progress(manifest: Manifest, trial: Trial) -> None:
     eta = wall / this_session * (total - finished) / parallel
     line = (
         f"[{finished}/{total}] completed {c['completed']}, failed {c['failed']}"
-        f" | trial {trial.id} {trial.status} in {trial.extra['wall_s']:.1f} s"
-        f" | elapsed {_hms(elapsed)}, about {_hms(eta)} left"
+        + (f", halved out {halved}" if halved else "")
+        + f" | trial {trial.id} {trial.status} in {trial.extra['wall_s']:.1f} s"
+        + f" | elapsed {_hms(elapsed)}, about {_hms(eta)} left"
     )
     print(line, flush=True)
 
@@ -1062,18 +1064,29 @@ def summary(manifest: Manifest) -> tuple[str, list[Trial]]:
     c = manifest.counts()
     # A tuning trial that failed once the selection is made is a result of tuning (scored as a failure).
     closed = spec_of(manifest) is not None and not tuning_open(manifest)
-    failed = [t for t in manifest.trials if t.status != "completed" and not (closed and phase(t) == TUNE)]
+    halved = {t.id for t in manifest.trials if t.extra.get("halted") is not None}  # done at their share
+    failed = [
+        t
+        for t in manifest.trials
+        if t.status != "completed" and t.id not in halved and not (closed and phase(t) == TUNE)
+    ]
     overheads = [
         t.extra["wall_s"] - t.extra["duration_s"]
         for t in manifest.trials
         if t.extra.get("wall_s") is not None and t.extra.get("duration_s") is not None
     ]
-    line = f"sweep {manifest.name}: {c['completed']} completed, {len(failed)} not completed"
+    line = f"sweep {manifest.name}: {c['completed']} completed, "
+    line += f"{len(halved)} halved out (successive halving), " if halved else ""
+    line += f"{len(failed)} not completed"
     line += f" of {len(manifest.trials)} trials"
     if overheads:
         mean = sum(overheads) / len(overheads)
         line += f"; per-trial overhead {mean:.1f} s (process start, imports, teardown)"
-    lost = [t for t in manifest.trials if closed and phase(t) == TUNE and t.status != "completed"]
+    lost = [
+        t
+        for t in manifest.trials
+        if closed and phase(t) == TUNE and t.status != "completed" and t.id not in halved
+    ]
     if lost:
         line += f"; {len(lost)} tuning trial(s) failed and scored as failures in the selection"
     return line, failed

@@ -245,3 +245,6 @@ def test_a_halved_tuning_phase_end_to_end(tmp_path):
     assert m.extra["selected"] == {"all": kept.extra["candidate"]}
     assert all(t.status == "completed" for t in m.trials if phase(t) == FINAL)
     assert "halving all at 0.5 of the budget: 1 of 2 go on to 1" in out.stdout
+    # the dropped candidate is neither failed nor still to run (it read "1 tuning trial(s) failed")
+    assert "3 completed, 1 halved out (successive halving), 0 not completed of 4 trials" in out.stdout
+    assert "failed and scored" not in out.stdout and "[4/4]" in out.stdout

@@ -30,6 +30,23 @@ def test_the_eta_divides_by_the_launchers_parallelism(capsys):
     assert "elapsed 0:00:2" in lines[-1]
 
 
+def test_candidates_halved_out_count_as_finished(capsys):
+    """A tuning candidate dropped by successive halving never runs again: the counter and the ETA count
+    it as done (before, a finished sweep ended on "[56/72] ..., about 0:13:04 left")."""
+    from attn.runner.sweep import _print_progress
+
+    trials = [Trial(f"{i:03d}", [], {}, f"trials/{i:03d}") for i in range(4)]
+    m = Manifest("s", "joblib", 2, {}, trials, extra={"session_started_unix": time.time() - 20})
+    for t in trials[:2]:  # halved out at a third of the budget
+        t.status, t.extra["wall_s"], t.extra["halted"] = "paused", 10.0, 1 / 3
+    for t in trials[2:]:
+        t.status, t.extra["wall_s"] = "completed", 30.0
+    _print_progress(m, trials[3])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[4/4] completed 2, failed 0, halved out 2 |")
+    assert line.endswith("about 0:00:00 left")
+
+
 def _run(kind: str, seed: int, acc: float, steps: float = 300.0) -> Run:
     config = {"task": {"name": "t"}, "seed": seed, "attention": {"kind": kind},
               "softmax": {"name": "softmax", "temperature": 1.0}}  # fmt: skip
@@ -48,6 +65,16 @@ def test_rows_come_best_first_and_the_best_mean_is_marked_when_nothing_is_separa
     assert rows[2][-1].startswith("≈ best")
     assert rows[0][1:3] == ["n", "seeds"] and rows[1][2] == "0,1,2"
     assert rows[1][4] == "300 ± 0 [300, 300]"  # steps are whole numbers
+
+
+def test_a_group_separated_from_the_best_says_so():
+    from attn.runner.report import table_rows
+
+    runs = [_run("good", s, v) for s, v in enumerate((0.98, 0.99, 0.985))]
+    runs += [_run("poor", s, v) for s, v in enumerate((0.30, 0.31, 0.305))]
+    groups, _ = aggregate_with_verdicts(runs, "test/acc", ("attention",))
+    rows = table_rows(groups["t"], ("attention",), ["test/acc"])
+    assert rows[1][-1].startswith("best") and rows[2][-1].startswith("worse than best (p=")
 
 
 def test_lengths_sort_as_numbers():
