@@ -674,12 +674,17 @@ def _preemption(proc: subprocess.Popen) -> Iterator[Any]:
         yield lambda: None
 
 
+def _halved_out(manifest: Manifest) -> set[str]:
+    """The ids of the tuning candidates that successive halving dropped: done at their share of the budget."""
+    return {t.id for t in manifest.trials if t.extra.get("halted") is not None}
+
+
 def _print_progress(manifest: Manifest, trial: Trial) -> None:
     """``[k/N] ... | elapsed <since this process launched the sweep>, about <eta> left``: the ETA is the mean
     wall time of the trials this launch finished, times the trials left, over the launcher's parallelism."""
     c = manifest.counts()
     total = len(manifest.trials)
-    halved = sum(1 for t in manifest.trials if t.extra.get("halted") is not None)  # done at their share
+    halved = len(_halved_out(manifest))
     finished = c["completed"] + c["failed"] + halved
     elapsed = time.time() - manifest.extra.get("session_started_unix", time.time())
     this_session = manifest.extra.get("session_finished", 0) + 1
@@ -1064,7 +1069,7 @@ def summary(manifest: Manifest) -> tuple[str, list[Trial]]:
     c = manifest.counts()
     # A tuning trial that failed once the selection is made is a result of tuning (scored as a failure).
     closed = spec_of(manifest) is not None and not tuning_open(manifest)
-    halved = {t.id for t in manifest.trials if t.extra.get("halted") is not None}  # done at their share
+    halved = _halved_out(manifest)
     failed = [
         t
         for t in manifest.trials
